@@ -1,0 +1,42 @@
+# fgrad — one entry point for installing, testing and reproducing.
+#   make reproduce [PRESET=cpu|paper] [FORCE=1]   run every experiment, then figures + report
+#   make test                                     the test suite
+# The first target that needs Python creates .venv and installs the package into it.
+
+PYTHON_SYS ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+PRESET     ?= cpu
+FORCE      ?= 0
+OUT        ?= results/$(PRESET)
+# Offline MNIST: the four IDX files. Unset → TFDS downloads MNIST.
+FGRAD_MNIST_DIR ?= $(wildcard ../shared/data/mnist)
+export FGRAD_MNIST_DIR
+
+.PHONY: install test reproduce figures bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -q tests
+
+reproduce: install
+	$(PY) -m fgrad.reproduce --preset $(PRESET) --out $(OUT) $(if $(filter 1,$(FORCE)),--force,)
+
+figures: install
+	$(PY) -m fgrad.reproduce --preset $(PRESET) --out $(OUT) --figures-only
+
+bench: install
+	$(PY) experiments/bench.py $(BENCH_ARGS)
+
+lint: install
+	$(PY) -m ruff check fgrad experiments tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,42 @@
+"""fgrad: forward gradients without backpropagation, in JAX.
+
+Public API:
+
+* :func:`forward_gradient` — the estimator ``(∇f·v) v`` via ``jax.jvp``.
+* :func:`forward_gradient_source`, :func:`backprop_source` — gradient sources as optax
+  transformations, chained with any optax optimizer.
+* :func:`paper_schedule`, :func:`make_optimizer` — η_i = η₀·e^(−ik) and the chain around it.
+* :func:`sample_tangents`, :func:`gradient_diagnostics`, :func:`beale`, :func:`rosenbrock`.
+"""
+
+from fgrad._experiment import experiment_cli, run_experiment
+from fgrad._estimator import ForwardGradient, forward_gradient
+from fgrad._functions import beale, rosenbrock
+from fgrad._schedules import make_optimizer, paper_schedule
+from fgrad._tangents import sample_tangents
+from fgrad._transforms import (
+    BackpropState,
+    ForwardGradientState,
+    backprop_source,
+    forward_gradient_source,
+    gradient_diagnostics,
+)
+
+__all__ = [
+    "BackpropState",
+    "ForwardGradient",
+    "ForwardGradientState",
+    "backprop_source",
+    "beale",
+    "experiment_cli",
+    "forward_gradient",
+    "forward_gradient_source",
+    "gradient_diagnostics",
+    "make_optimizer",
+    "paper_schedule",
+    "rosenbrock",
+    "run_experiment",
+    "sample_tangents",
+]
+
+__version__ = "0.1.0"

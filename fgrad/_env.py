@@ -1,0 +1,58 @@
+"""Which machine and versions produced a result: recorded in every results file."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+from importlib import metadata
+from typing import Any
+
+import jax
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def device_name() -> str:
+    """The default device in words, e.g. ``"NVIDIA H100 80GB HBM3"`` or ``"cpu (2 cores)"``."""
+    dev = jax.devices()[0]
+    if dev.platform == "cpu":
+        return f"cpu ({os.cpu_count()} cores, {_cpu_model()})"
+    return getattr(dev, "device_kind", dev.platform)
+
+
+def environment() -> dict[str, Any]:
+    """Machine, device and package versions, for the header of every results file."""
+    dev = jax.devices()[0]
+    return {
+        "platform": dev.platform,
+        "device": device_name(),
+        "device_count": jax.device_count(),
+        "cpu": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "jax": _version("jax"),
+        "jaxlib": _version("jaxlib"),
+        "flax": _version("flax"),
+        "optax": _version("optax"),
+        "numpy": _version("numpy"),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,160 @@
+"""Running an experiment config, and the command line every experiment script shares.
+
+An experiment script holds only ``get_config(preset)`` (its docstring says how to run it) and
+calls :func:`experiment_cli`; experiments differ by config, not by code. Config ``kind``:
+
+* ``"test_functions"``: Beale/Rosenbrock trajectories (:mod:`fgrad._trajectories`).
+* ``"mnist"``: train ``model`` with each method × learning rate × seed (:mod:`fgrad._train`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fgrad._results import ResultsError, is_done
+from fgrad._schedules import check_learning_rate
+from fgrad._sources import METHODS
+
+PRESETS = ("cpu", "paper")
+Config = dict[str, Any]
+
+
+def run_name(method: str, learning_rate: float, seed: int, tag: str = "") -> str:
+    """File stem of one MNIST run, e.g. ``forward_lr0.0002_seed0``."""
+    return f"{method}{tag}_lr{learning_rate:g}_seed{seed}"
+
+
+def mnist_runs(cfg: Config) -> list[tuple[str, float, int, str]]:
+    """(method, learning rate, seed, name) of every run of an MNIST config, in run order."""
+    return [(m, lr, s, run_name(m, lr, s)) for lr in cfg["learning_rates"]
+            for s in cfg["seeds"] for m in cfg["methods"]]
+
+
+def run_experiment(cfg: Config, out_dir: str | Path, force: bool = False,
+                   mnist_dir: str | None = None) -> Path:
+    """Runs every part of ``cfg`` not already complete in ``out_dir``.
+
+    Args:
+      cfg: an experiment config (from an experiment script's ``get_config``).
+      out_dir: where its results go.
+      force: rerun parts whose results are complete.
+      mnist_dir: directory of the MNIST IDX files (None: ``FGRAD_MNIST_DIR``, else TFDS).
+
+    Returns:
+      ``out_dir``.
+    """
+    check_config(cfg)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg["kind"] == "test_functions":
+        from fgrad._trajectories import run_test_functions
+        run_test_functions(cfg, out_dir, force)
+        return out_dir
+    from fgrad._mnist import load_mnist
+    from fgrad._train import train_run
+    todo = [r for r in mnist_runs(cfg) if force or not is_done(out_dir / f"{r[3]}.json")]
+    for *_, name in sorted(set(mnist_runs(cfg)) - set(todo)):
+        print(f"[skip] {out_dir / name} is complete (FORCE=1 / --force reruns it)")
+    if not todo:
+        return out_dir
+    data = load_mnist(mnist_dir)
+    for method, lr, seed, name in todo:
+        s = train_run(cfg, data, method, lr, seed, out_dir, name)
+        ev = s.get("final_eval") or {}
+        print(f"{cfg['name']}/{name}: {s['status']}, {s['steps_done']} steps, "
+              f"{s['ms_per_step'] or float('nan'):.2f} ms/step, train loss "
+              f"{s['final_train_loss'] or float('nan'):.4f}, test acc "
+              f"{ev.get('test_acc', float('nan')):.4f}", flush=True)
+    return out_dir
+
+
+def check_config(cfg: Config) -> None:
+    """One-line ValueErrors for configs that cannot run."""
+    if cfg.get("kind") not in ("test_functions", "mnist"):
+        raise ValueError(f"config {cfg.get('name')!r} has unknown kind {cfg.get('kind')!r}")
+    for m in cfg["methods"]:
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}: use one of {', '.join(METHODS)}")
+    lrs = ([f["learning_rate"] for f in cfg["functions"].values()]
+           if cfg["kind"] == "test_functions" else cfg["learning_rates"])
+    for lr in lrs:
+        check_learning_rate(lr)
+
+
+def _overrides(cfg: Config, args: argparse.Namespace) -> Config:
+    cfg = copy.deepcopy(cfg)
+    per_fn = cfg["kind"] == "test_functions"
+    if args.steps is not None:
+        if per_fn:
+            for f in cfg["functions"].values():
+                f["steps"] = args.steps
+        else:
+            cfg["steps"] = args.steps
+    if args.lr is not None:
+        if per_fn:
+            for f in cfg["functions"].values():
+                f["learning_rate"] = args.lr[0]
+        else:
+            cfg["learning_rates"] = args.lr
+    if args.seeds is not None:
+        cfg["seeds"] = args.seeds if per_fn else list(range(args.seeds))
+    if args.method is not None:
+        cfg["methods"] = [args.method]
+    for key in ("batch_size", "steps_per_call", "num_tangents", "distribution", "eval_every",
+                "chunk", "optimizer"):
+        if getattr(args, key, None) is not None:
+            cfg[key] = getattr(args, key)
+    return cfg
+
+
+def experiment_cli(get_config: Callable[[str], Config], doc: str | None = None,
+                   argv: list[str] | None = None) -> int:
+    """The command line of an experiment script: preset, overrides, output directory.
+
+    Args:
+      get_config: the script's ``get_config(preset)``.
+      doc: the script's docstring (shown by ``--help``).
+      argv: arguments (default ``sys.argv[1:]``).
+
+    Returns:
+      The exit status (0, or 2 after printing a one-line error).
+    """
+    p = argparse.ArgumentParser(description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="cpu", choices=PRESETS,
+                   help="cpu: short runs for a 2-core CPU; paper: the paper's settings")
+    p.add_argument("--out", help="results directory (default results/<preset>/<experiment>)")
+    p.add_argument("--force", action="store_true", help="rerun runs whose results are complete")
+    p.add_argument("--mnist-dir", help="directory of the four MNIST IDX files (default: "
+                   "$FGRAD_MNIST_DIR, else download with TFDS)")
+    p.add_argument("--steps", type=int, help="training steps (iterations) per run")
+    p.add_argument("--lr", type=float, nargs="+", help="learning rate(s) η₀")
+    p.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
+    p.add_argument("--method", choices=METHODS, help="only this method")
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--steps-per-call", dest="steps_per_call", type=int,
+                   help="training steps per compiled call (default: measured per model/backend)")
+    p.add_argument("--num-tangents", dest="num_tangents", type=int, help="K tangents per step")
+    p.add_argument("--distribution", choices=("normal", "rademacher"))
+    p.add_argument("--optimizer", choices=("sgd", "adam"))
+    p.add_argument("--eval-every", dest="eval_every", type=int)
+    args = p.parse_args(argv)
+    try:
+        cfg = _overrides(get_config(args.preset), args)
+        out = Path(args.out or Path("results") / args.preset / cfg["name"])
+        t0 = time.perf_counter()
+        run_experiment(cfg, out, force=args.force, mnist_dir=args.mnist_dir)
+    except (ValueError, TypeError, ResultsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: what was logged so far is in {out}", file=sys.stderr)
+        return 130
+    print(f"{cfg['name']}: done in {time.perf_counter() - t0:.1f} s; results in {out}")
+    return 0
