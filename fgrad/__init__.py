@@ -6,12 +6,24 @@ Public API:
 * :func:`forward_gradient_source`, :func:`backprop_source` — gradient sources as optax
   transformations, chained with any optax optimizer.
 * :func:`paper_schedule`, :func:`make_optimizer` — η_i = η₀·e^(−ik) and the chain around it.
+* :func:`load_mnist` (IDX files or TFDS), Flax models :func:`make_model` (logreg, mlp, cnn),
+  :func:`cross_entropy_loss`; :func:`run_experiment` / :func:`experiment_cli` for experiments.
 * :func:`sample_tangents`, :func:`gradient_diagnostics`, :func:`beale`, :func:`rosenbrock`.
 """
 
-from fgrad._experiment import experiment_cli, run_experiment
 from fgrad._estimator import ForwardGradient, forward_gradient
+from fgrad._experiment import experiment_cli, mnist_defaults, run_experiment
 from fgrad._functions import beale, rosenbrock
+from fgrad._mnist import Mnist, MnistError, load_mnist, read_idx
+from fgrad._models import (
+    CNN,
+    MLP,
+    LogisticRegression,
+    accuracy,
+    cross_entropy_loss,
+    init_params,
+    make_model,
+)
 from fgrad._schedules import make_optimizer, paper_schedule
 from fgrad._tangents import sample_tangents
 from fgrad._transforms import (
@@ -23,6 +35,17 @@ from fgrad._transforms import (
 )
 
 __all__ = [
+    "CNN",
+    "MLP",
+    "LogisticRegression",
+    "Mnist",
+    "MnistError",
+    "accuracy",
+    "cross_entropy_loss",
+    "init_params",
+    "load_mnist",
+    "make_model",
+    "read_idx",
     "BackpropState",
     "ForwardGradient",
     "ForwardGradientState",
@@ -33,6 +56,7 @@ __all__ = [
     "forward_gradient_source",
     "gradient_diagnostics",
     "make_optimizer",
+    "mnist_defaults",
     "paper_schedule",
     "rosenbrock",
     "run_experiment",

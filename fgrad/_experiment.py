@@ -25,15 +25,43 @@ PRESETS = ("cpu", "paper")
 Config = dict[str, Any]
 
 
-def run_name(method: str, learning_rate: float, seed: int, tag: str = "") -> str:
+def mnist_defaults() -> Config:
+    """The paper's MNIST protocol, shared by every MNIST experiment config.
+
+    Both methods, batch 64, plain SGD with η_i = η₀·e^(−ik), k = 1e-4, one normal tangent per
+    step, steps per compiled call chosen by measurement for the model and backend.
+    """
+    return {"kind": "mnist", "methods": ["forward", "backprop"], "model_kwargs": {},
+            "batch_size": 64, "decay": 1e-4, "optimizer": "sgd", "num_tangents": 1,
+            "distribution": "normal", "steps_per_call": None}
+
+
+def run_name(variant: str, learning_rate: float, seed: int) -> str:
     """File stem of one MNIST run, e.g. ``forward_lr0.0002_seed0``."""
-    return f"{method}{tag}_lr{learning_rate:g}_seed{seed}"
+    return f"{variant}_lr{learning_rate:g}_seed{seed}"
 
 
-def mnist_runs(cfg: Config) -> list[tuple[str, float, int, str]]:
-    """(method, learning rate, seed, name) of every run of an MNIST config, in run order."""
-    return [(m, lr, s, run_name(m, lr, s)) for lr in cfg["learning_rates"]
-            for s in cfg["seeds"] for m in cfg["methods"]]
+def variants(cfg: Config) -> list[Config]:
+    """The config's variants: ``cfg["variants"]`` (each a dict with ``name``, ``method`` and any
+    config overrides, e.g. ``num_tangents``, ``optimizer``, ``learning_rates``), or else one
+    variant per entry of ``cfg["methods"]``, named after the method."""
+    return cfg.get("variants") or [{"name": m, "method": m} for m in cfg["methods"]]
+
+
+def mnist_runs(cfg: Config) -> list[tuple[Config, float, int, str]]:
+    """(run config, learning rate, seed, name) of every run of an MNIST config, in run order.
+
+    The run config is ``cfg`` with the variant's overrides applied and ``variant``/``method``
+    set. Learning rates come from the variant if it has its own, else from ``cfg``.
+    """
+    runs = []
+    for v in variants(cfg):
+        run_cfg = {k: val for k, val in cfg.items() if k != "variants"}
+        run_cfg.update({k: val for k, val in v.items() if k != "name"}, variant=v["name"])
+        for lr in run_cfg["learning_rates"]:
+            for seed in run_cfg["seeds"]:
+                runs.append((run_cfg, lr, seed, run_name(v["name"], lr, seed)))
+    return runs
 
 
 def run_experiment(cfg: Config, out_dir: str | Path, force: bool = False,
@@ -58,14 +86,17 @@ def run_experiment(cfg: Config, out_dir: str | Path, force: bool = False,
         return out_dir
     from fgrad._mnist import load_mnist
     from fgrad._train import train_run
-    todo = [r for r in mnist_runs(cfg) if force or not is_done(out_dir / f"{r[3]}.json")]
-    for *_, name in sorted(set(mnist_runs(cfg)) - set(todo)):
-        print(f"[skip] {out_dir / name} is complete (FORCE=1 / --force reruns it)")
+    todo = []
+    for run in mnist_runs(cfg):
+        if force or not is_done(out_dir / f"{run[3]}.json"):
+            todo.append(run)
+        else:
+            print(f"[skip] {out_dir / run[3]} is complete (FORCE=1 / --force reruns it)")
     if not todo:
         return out_dir
     data = load_mnist(mnist_dir)
-    for method, lr, seed, name in todo:
-        s = train_run(cfg, data, method, lr, seed, out_dir, name)
+    for run_cfg, lr, seed, name in todo:
+        s = train_run(run_cfg, data, run_cfg["method"], lr, seed, out_dir, name)
         ev = s.get("final_eval") or {}
         print(f"{cfg['name']}/{name}: {s['status']}, {s['steps_done']} steps, "
               f"{s['ms_per_step'] or float('nan'):.2f} ms/step, train loss "
@@ -78,11 +109,15 @@ def check_config(cfg: Config) -> None:
     """One-line ValueErrors for configs that cannot run."""
     if cfg.get("kind") not in ("test_functions", "mnist"):
         raise ValueError(f"config {cfg.get('name')!r} has unknown kind {cfg.get('kind')!r}")
-    for m in cfg["methods"]:
+    if cfg["kind"] == "test_functions":
+        methods = cfg["methods"]
+        lrs = [f["learning_rate"] for f in cfg["functions"].values()]
+    else:
+        methods = [v["method"] for v in variants(cfg)]
+        lrs = [lr for run_cfg, *_ in mnist_runs(cfg) for lr in run_cfg["learning_rates"]]
+    for m in methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}: use one of {', '.join(METHODS)}")
-    lrs = ([f["learning_rate"] for f in cfg["functions"].values()]
-           if cfg["kind"] == "test_functions" else cfg["learning_rates"])
     for lr in lrs:
         check_learning_rate(lr)
 
@@ -106,6 +141,7 @@ def _overrides(cfg: Config, args: argparse.Namespace) -> Config:
         cfg["seeds"] = args.seeds if per_fn else list(range(args.seeds))
     if args.method is not None:
         cfg["methods"] = [args.method]
+        cfg["variants"] = [v for v in variants(cfg) if v["method"] == args.method]
     for key in ("batch_size", "steps_per_call", "num_tangents", "distribution", "eval_every",
                 "chunk", "optimizer"):
         if getattr(args, key, None) is not None:
