@@ -1,0 +1,242 @@
+"""Figures, REPORT.md and ``experiments/reproduce.py`` from small synthetic results folders."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fgrad._trajectories
+from fgrad._figures import make_figures
+from fgrad._report import report_markdown, write_report
+from fgrad._results import ResultsError, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+WINDOW = 100
+STEPS = 300
+ENV = {"platform": "cpu", "device": "cpu (2 cores, Test CPU)", "cpu": "Test CPU",
+       "cpu_cores": 2, "jax": "9.9.1", "jaxlib": "9.9.2", "flax": "9.9.3", "optax": "9.9.4",
+       "date": "2030-01-02T03:04:05+00:00"}
+# Per (method, seed): seconds per step, T(f) in ms, loss decay time constant (steps).
+RUNS = {("forward", 0): (0.002, 0.50, 60.0), ("backprop", 0): (0.003, 0.55, 150.0),
+        ("forward", 1): (0.0021, 0.52, 70.0), ("backprop", 1): (0.0032, 0.50, 140.0)}
+LR = 2e-4
+
+
+def _load_reproduce():
+    spec = importlib.util.spec_from_file_location("reproduce_under_test",
+                                                  ROOT / "experiments" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _curves(method, seed):
+    sec, _, tau = RUNS[(method, seed)]
+    steps = np.arange(1, STEPS + 1)
+    noise = 0.02 * np.random.default_rng(seed * 7 + len(method)).standard_normal(STEPS)
+    return steps, 0.3 + 2.0 * np.exp(-steps / tau) + noise, sec * steps
+
+
+def _write_mnist_run(exp_dir: Path, method: str, seed: int) -> None:
+    sec, f_ms, _ = RUNS[(method, seed)]
+    steps, loss, times = _curves(method, seed)
+    rows = [{"kind": "eval", "step": 0, "time": 0.0, "test_loss": 2.3, "test_acc": 0.1}]
+    rows += [{"kind": "train", "step": int(s), "loss": float(v), "time": float(t)}
+             for s, v, t in zip(steps, loss, times)]
+    acc = 0.8 + 0.01 * seed + (0.05 if method == "backprop" else 0.0)
+    rows.append({"kind": "eval", "step": STEPS, "time": float(times[-1]), "test_loss": 0.5,
+                 "test_acc": acc})
+    name = f"{method}_lr{LR:g}_seed{seed}"
+    (exp_dir / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_json(exp_dir / f"{name}.json", {
+        "experiment": "mlp", "model": "mlp", "method": method, "learning_rate": LR,
+        "seed": seed, "status": "complete", "steps": STEPS, "steps_done": STEPS,
+        "config": {"batch_size": 64}, "env": ENV, "ms_per_step": 1e3 * sec, "f_ms": f_ms,
+        "final_train_loss": float(loss[-100:].mean()), "final_eval": rows[-1],
+        "memory": {"step_xla": {"peak_estimate": (100 + seed) * 2**20},
+                   "process_peak_rss": 2**30, "device_peak": None}})
+
+
+def _write_bad_runs(exp_dir: Path) -> None:
+    """Seed 2: forward diverged, backprop interrupted (no log): both must be left out."""
+    base = {"experiment": "mlp", "model": "mlp", "learning_rate": LR, "seed": 2,
+            "steps": STEPS, "env": ENV}
+    write_json(exp_dir / f"forward_lr{LR:g}_seed2.json",
+               {**base, "method": "forward", "status": "diverged", "steps_done": 17,
+                "diverged_step": 17, "ms_per_step": 999.0, "f_ms": 1.0})
+    write_json(exp_dir / f"backprop_lr{LR:g}_seed2.json",
+               {**base, "method": "backprop", "status": "incomplete", "steps_done": 40})
+
+
+def _write_trajectories(exp_dir: Path) -> None:
+    rng = np.random.default_rng(0)
+    minima = {"beale": (3.0, 0.5), "rosenbrock": (1.0, 1.0)}
+    for fn, minimum in minima.items():
+        for method, us in (("forward", 3.0), ("backprop", 5.0)):
+            path = np.linspace((0.0, 0.5), minimum, 101) + 0.01 * rng.standard_normal((2, 101, 2))
+            f = np.exp(-np.arange(101) / 20.0)[None] * (1 + 0.1 * rng.random((2, 1)))
+            time = np.array([[0.0, 1e-4, 2e-4], [0.0, 1.1e-4, 2.1e-4]])
+            np.savez_compressed(exp_dir / f"{fn}_{method}.npz", f=f.astype(np.float32),
+                                x=path.astype(np.float32), time=time,
+                                time_steps=np.array([0, 50, 100]))
+            final = f[:, -1].astype(np.float64)
+            write_json(exp_dir / f"{fn}_{method}.json", {
+                "experiment": "test_functions", "function": fn, "method": method,
+                "status": "complete", "seeds": [0, 1], "env": ENV,
+                "config": {"functions": {fn: {"start": (0.0, 0.5), "learning_rate": 0.01,
+                                              "steps": 100}}},
+                "final_f_mean": final.mean(), "final_f_std": final.std(), "final_f": final,
+                "run_time_s_mean": 2e-4, "compile_s_mean": 0.25, "us_per_step": us})
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    out = tmp_path / "results"
+    (out / "mlp").mkdir(parents=True)
+    (out / "test_functions").mkdir()
+    for method, seed in RUNS:
+        _write_mnist_run(out / "mlp", method, seed)
+    _write_bad_runs(out / "mlp")
+    _write_trajectories(out / "test_functions")
+    return out
+
+
+def _smoothed(method, seed):
+    _, loss, times = _curves(method, seed)
+    s = np.convolve(loss, np.ones(WINDOW) / WINDOW, mode="valid")
+    return times[WINDOW - 1:], s
+
+
+def _fmt(values):
+    return f"{np.mean(values):.4g} ± {np.std(values):.2g}"
+
+
+def _expected_mnist() -> dict[str, str]:
+    """The report's cells for the synthetic MLP runs, computed here independently."""
+    per = {k: [] for k in ("R_f", "R_b", "R_f/R_b", "T_f", "T_b", "T_f/T_b", "target", "f_ms")}
+    for seed in (0, 1):
+        (sf, ff, _), (sb, fb, _) = RUNS[("forward", seed)], RUNS[("backprop", seed)]
+        r_f, r_b = 1e3 * sf / ff, 1e3 * sb / fb
+        tb_times, sb_loss = _smoothed("backprop", seed)
+        tf_times, sf_loss = _smoothed("forward", seed)
+        target = sb_loss.min()
+        t_b = tb_times[np.argmin(sb_loss)]
+        t_f = tf_times[np.flatnonzero(sf_loss <= target)[0]]
+        for k, v in (("R_f", r_f), ("R_b", r_b), ("R_f/R_b", r_f / r_b), ("T_f", t_f),
+                     ("T_b", t_b), ("T_f/T_b", t_f / t_b), ("target", target),
+                     ("f_ms", (ff + fb) / 2)):
+            per[k].append(v)
+    return {k: _fmt(v) for k, v in per.items()}
+
+
+def test_report_shows_the_numbers_of_the_results(results: Path):
+    text = write_report(results, "cpu", "python experiments/reproduce.py --test").read_text()
+    assert "`python experiments/reproduce.py --test`" in text
+    assert "Test CPU (2 cores)" in text and "jaxlib 9.9.2" in text and "optax 9.9.4" in text
+    expected = _expected_mnist()
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines}
+    for key, label in (("R_f", "R_f = "), ("R_b", "R_b = "), ("R_f/R_b", "R_f / R_b"),
+                       ("T_f", "T_f:"), ("T_b", "T_b:"), ("T_f/T_b", "T_f / T_b"),
+                       ("target", "backprop's best"), ("f_ms", "T(f)")):
+        row = next(v for k, v in rows.items() if k.startswith(label))
+        assert expected[key] in row, (key, expected[key], row)
+    # The paper's MLP η₀ = 2e-4 figures sit beside the measured ones.
+    assert rows["T_f / T_b"].rstrip(" |").endswith("0.229")
+    assert rows["R_f = T(fwd-grad step) / T(f)"].rstrip(" |").endswith("2.607")
+    # The summary is generated from the numbers: forward reached backprop's best loss faster.
+    ratio = float(expected["T_f/T_b"].split(" ± ")[0])
+    assert ratio < 1 and f"{1 / ratio:.3g}× faster" in text
+    # Diverged and interrupted runs are listed and kept out of the means (ms/step 999).
+    assert "forward_lr0.0002_seed2.json`: diverged" in text
+    assert "backprop_lr0.0002_seed2.json`: incomplete (40 of 300 steps" in text
+    assert f"{np.mean([2.0, 2.1]):.4g} ± {np.std([2.0, 2.1]):.2g}" in rows[
+        "forward-gradient step, ms"]
+    # Test functions: final f(x) mean ± std and µs per iteration of each (function, method).
+    for fn in ("beale", "rosenbrock"):
+        for method, label in (("forward", "forward gradient"), ("backprop", "backprop")):
+            s = json.loads((results / "test_functions" / f"{fn}_{method}.json").read_text())
+            cell = f"{s['final_f_mean']:.4g} ± {s['final_f_std']:.2g}"
+            assert any(r.startswith(f"| {fn} | {label} |") and cell in r
+                       and f"| {s['us_per_step']:.4g} |" in r for r in lines)
+    # An experiment without a results folder is a "not run" note, not a crash.
+    cnn = text.split("## CNN")[1]
+    assert "*Not run*" in cnn.split("##")[0]
+
+
+def test_figures_are_written_from_the_results(results: Path):
+    paths = make_figures(results)
+    names = sorted(p.name for p in paths)
+    assert names == ["mlp.pdf", "mlp.png", "test_functions.pdf", "test_functions.png"]
+    for p in paths:
+        assert p.parent == results / "figures" and p.stat().st_size > 10_000
+        assert p.read_bytes()[:4] == (b"\x89PNG" if p.suffix == ".png" else b"%PDF")
+    assert "![MLP on MNIST" in report_markdown(results)
+
+
+@pytest.mark.parametrize("damage", ["missing_log", "bad_json", "missing_npz"])
+def test_missing_or_malformed_results_name_the_file(results: Path, damage: str):
+    if damage == "missing_log":
+        bad = results / "mlp" / "forward_lr0.0002_seed1.jsonl"
+        bad.unlink()
+    elif damage == "bad_json":
+        bad = results / "mlp" / "backprop_lr0.0002_seed0.json"
+        bad.write_text('{"method": "backprop", ')
+    else:
+        bad = results / "test_functions" / "beale_forward.npz"
+        bad.unlink()
+    with pytest.raises(ResultsError, match=str(bad)):
+        write_report(results)
+    with pytest.raises(ResultsError, match=str(bad)):
+        make_figures(results)
+
+
+def test_cli_errors_are_one_line(results: Path, capsys):
+    reproduce = _load_reproduce()
+    assert reproduce.main(["--only", "nope", "--out", str(results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown experiment nope") and "logreg" in err
+    assert "\n" not in err
+    (results / "mlp" / "forward_lr0.0002_seed0.jsonl").unlink()
+    assert reproduce.main(["--figures-only", "--out", str(results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: results file") and "forward_lr0.0002_seed0.jsonl" in err
+
+
+def test_reproduce_resumes_after_an_interruption(tmp_path: Path, monkeypatch):
+    reproduce = _load_reproduce()
+    tiny = reproduce.load_get_config("test_functions")("cpu")
+    for fn_cfg in tiny["functions"].values():
+        fn_cfg["steps"] = 100
+    tiny.update(chunk=50, seeds=1)
+    real, calls = fgrad._trajectories.run_trajectories, []
+
+    def counting(fn_name, method, *args):
+        calls.append(f"{fn_name}_{method}")
+        if interrupt_after and len(calls) > interrupt_after:
+            raise KeyboardInterrupt
+        return real(fn_name, method, *args)
+
+    monkeypatch.setattr(fgrad._trajectories, "run_trajectories", counting)
+    drawn = []  # figures are tested above; here only that reproduce asks for them
+    monkeypatch.setattr(reproduce, "make_figures", lambda out: drawn.append(out) or [])
+    out = tmp_path / "out"
+    run = lambda: reproduce.reproduce("cpu", out, ["test_functions"],
+                                      get_config=lambda name: lambda preset: tiny)
+    interrupt_after = 1
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    first = out / "test_functions" / "beale_forward.json"
+    assert calls == ["beale_forward", "beale_backprop"] and first.exists()
+    stamp = first.stat().st_mtime_ns
+    interrupt_after, calls[:] = 0, []
+    inv = run()
+    assert calls == ["beale_backprop", "rosenbrock_forward", "rosenbrock_backprop"]
+    assert first.stat().st_mtime_ns == stamp
+    record = json.loads((out / "reproduce.json").read_text())
+    assert record["wall_time_s"] == inv["wall_time_s"] > 0
+    assert drawn == [out]
+    report = (out / "REPORT.md").read_text()
+    assert "| beale | forward gradient |" in report and "wall time" in report
