@@ -1,5 +1,4 @@
-"""Multinomial logistic regression (784→10) on MNIST, forward gradient vs backprop (paper
-Figure 3).
+"""Multinomial logistic regression (784→10) on MNIST, forward gradient vs backprop.
 
 Run:
   python experiments/logreg.py --preset cpu     # ~1 min on a 2-core CPU → results/cpu/logreg

@@ -633,9 +633,9 @@ class Section:
 SECTIONS: list[Section] = [
     Section("test_functions", "Test functions: Beale and Rosenbrock (paper Figure 2)",
             trajectories_section),
-    Section("logreg", "Logistic regression on MNIST (paper Figure 3)", mnist_section),
-    Section("mlp", "MLP on MNIST (paper Figure 5)", mnist_section),
-    Section("cnn", "CNN on MNIST (paper Figure 4)", mnist_section),
+    Section("logreg", "Logistic regression on MNIST", mnist_section),
+    Section("mlp", "MLP on MNIST", mnist_section),
+    Section("cnn", "CNN on MNIST", mnist_section),
 ]
 
 
