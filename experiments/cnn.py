@@ -1,4 +1,4 @@
-"""CNN on MNIST (paper Figure 4): four 3×3 convolutions with 64 channels ("SAME" padding) and
+"""CNN on MNIST: four 3×3 convolutions with 64 channels ("SAME" padding) and
 ReLU, 2×2 max-pool after the 2nd and 4th, dense 1024 + ReLU, dense 10.
 
 Run:

@@ -1,4 +1,4 @@
-"""MLP 784-1024-1024-10 (ReLU) on MNIST, forward gradient vs backprop (paper Figure 5).
+"""MLP 784-1024-1024-10 (ReLU) on MNIST, forward gradient vs backprop.
 
 Run:
   python experiments/mlp.py --preset cpu      # ~3 min on a 2-core CPU → results/cpu/mlp
