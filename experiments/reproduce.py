@@ -32,7 +32,8 @@ from fgrad._results import ResultsError, read_json, write_json
 HERE = Path(__file__).resolve().parent
 # The experiments, in run order: each is HERE/<name>.py with get_config(preset), and writes
 # OUT/<name>/. Append new ones here (and give them a report section and a figure).
-EXPERIMENTS = ["test_functions", "logreg", "mlp", "cnn"]
+EXPERIMENTS = ["test_functions", "logreg", "mlp", "cnn", "estimator_quality", "k_sweep",
+               "lr_sweep"]
 PRESETS = ("cpu", "paper")
 
 Config = dict[str, Any]

@@ -10,6 +10,11 @@ satisfies E[g] = ∇f(θ). With K tangents v_1..v_K (evaluated together by ``jax
 ``jax.jvp``) the estimates are combined either by their mean (unbiased, variance / K) or by
 orthogonal projection of ∇f onto span(v_1..v_K) (Flügel et al. 2024), g = V (VᵀV)⁻¹ Vᵀ∇f,
 which needs only the K directional derivatives Vᵀ∇f.
+
+Data parallelism (``axis_name``): under ``jax.shard_map`` every device evaluates f on its shard of
+the batch with the same tangents (drawn from a replicated key), so averaging the K directional
+derivatives over devices (``lax.pmean``, K scalars) before combining gives the forward gradient
+of the global-batch loss; no gradient is ever communicated.
 """
 
 from __future__ import annotations
@@ -68,6 +73,43 @@ def _scalar(fun: Callable[[PyTree], jax.Array]) -> Callable[[PyTree], jax.Array]
     return wrapped
 
 
+def device_mean(tree: PyTree, axis_name: str | None) -> PyTree:
+    """The mean of ``tree`` over the devices of ``axis_name`` (``lax.pmean``); the identity
+    for None.
+
+    Args:
+      tree: any pytree of arrays (local to each device).
+      axis_name: a ``jax.shard_map`` mesh axis, or None.
+
+    Returns:
+      ``tree`` averaged over the axis: (1/D) Σ_devices tree.
+    """
+    return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+
+def mean_value_and_grad(fun: Callable[[PyTree], jax.Array], params: PyTree,
+                        axis_name: str | None = None) -> tuple[jax.Array, PyTree]:
+    """f(θ) and ∇f(θ) by reverse mode, averaged over the devices of ``axis_name``.
+
+    With D devices each holding f_d (the loss on its shard of the batch), returns
+    ((1/D) Σ_d f_d(θ), (1/D) Σ_d ∇f_d(θ)) — an all-reduce of the n-element gradient.
+
+    ``params`` are first cast to device-varying (``lax.pcast``): for a replicated input,
+    reverse mode under ``jax.shard_map`` would otherwise sum the devices' gradients itself.
+
+    Args:
+      fun: a function of ``params`` returning a scalar.
+      params: the point θ, replicated (invariant) over ``axis_name``.
+      axis_name: a ``jax.shard_map`` mesh axis, or None for plain ``jax.value_and_grad``.
+
+    Returns:
+      ``(value, grad)``.
+    """
+    if axis_name is not None:
+        params = jax.lax.pcast(params, axis_name, to="varying")
+    return device_mean(jax.value_and_grad(fun)(params), axis_name)
+
+
 def _tree_dot_k(tangents: PyTree, coeffs: jax.Array) -> PyTree:
     """Σ_k coeffs[k] · v_k for a pytree whose leaves have a leading K axis."""
     return jax.tree.map(
@@ -114,6 +156,7 @@ def forward_gradient(
     derivative: str = "jvp",
     fd_epsilon: float = 1e-3,
     return_exact: bool = False,
+    axis_name: str | None = None,
 ) -> ForwardGradient:
     """Forward-gradient estimate of ∇f(θ) from K random tangents.
 
@@ -140,6 +183,10 @@ def forward_gradient(
       fd_epsilon: ε for the finite-difference derivatives.
       return_exact: also compute ∇f(θ) by reverse mode (for diagnostics only; the estimate never
         uses it).
+      axis_name: under ``jax.shard_map``, the data-parallel mesh axis: f(θ) and the d_k are
+        averaged over its devices (``lax.pmean`` of K + 1 scalars) before combining, so g is the
+        forward gradient of the mean loss over the devices' shards. ``key`` must be the same on
+        every device. None: no communication.
 
     Returns:
       A :class:`ForwardGradient` with ``value``, ``directional_derivatives`` (shape (K,)),
@@ -154,13 +201,13 @@ def forward_gradient(
     check_estimator_options(num_tangents, distribution, combine, derivative, fd_epsilon)
     fun = _scalar(fun)
     tangents = sample_tangents(key, params, num_tangents, distribution)
-    value, d = _directional_derivatives(fun, params, tangents, num_tangents, derivative,
-                                        fd_epsilon)
+    value, d = device_mean(_directional_derivatives(fun, params, tangents, num_tangents,
+                                                    derivative, fd_epsilon), axis_name)
     if combine == "mean":
         coeffs = d / num_tangents
     else:
         gram = _gram(tangents)
         coeffs = jnp.linalg.solve(gram, d.astype(gram.dtype))
     grad = _tree_dot_k(tangents, coeffs)
-    exact = jax.grad(fun)(params) if return_exact else None
+    exact = mean_value_and_grad(fun, params, axis_name)[1] if return_exact else None
     return ForwardGradient(value, d, grad, exact)

@@ -22,6 +22,7 @@ from fgrad._schedules import check_learning_rate
 from fgrad._sources import METHODS
 
 PRESETS = ("cpu", "paper")
+KINDS = ("test_functions", "mnist", "estimator_quality")
 Config = dict[str, Any]
 
 
@@ -84,6 +85,10 @@ def run_experiment(cfg: Config, out_dir: str | Path, force: bool = False,
         from fgrad._trajectories import run_test_functions
         run_test_functions(cfg, out_dir, force)
         return out_dir
+    if cfg["kind"] == "estimator_quality":
+        from fgrad._quality import run_estimator_quality
+        run_estimator_quality(cfg, out_dir, force, mnist_dir)
+        return out_dir
     from fgrad._mnist import load_mnist
     from fgrad._train import train_run
     todo = []
@@ -107,8 +112,11 @@ def run_experiment(cfg: Config, out_dir: str | Path, force: bool = False,
 
 def check_config(cfg: Config) -> None:
     """One-line ValueErrors for configs that cannot run."""
-    if cfg.get("kind") not in ("test_functions", "mnist"):
-        raise ValueError(f"config {cfg.get('name')!r} has unknown kind {cfg.get('kind')!r}")
+    if cfg.get("kind") not in KINDS:
+        raise ValueError(f"config {cfg.get('name')!r} has unknown kind {cfg.get('kind')!r}: "
+                         f"use one of {', '.join(KINDS)}")
+    if cfg["kind"] == "estimator_quality":
+        return
     if cfg["kind"] == "test_functions":
         methods = cfg["methods"]
         lrs = [f["learning_rate"] for f in cfg["functions"].values()]
@@ -143,7 +151,7 @@ def _overrides(cfg: Config, args: argparse.Namespace) -> Config:
         cfg["methods"] = [args.method]
         cfg["variants"] = [v for v in variants(cfg) if v["method"] == args.method]
     for key in ("batch_size", "steps_per_call", "num_tangents", "distribution", "eval_every",
-                "chunk", "optimizer"):
+                "chunk", "optimizer", "data_parallel"):
         if getattr(args, key, None) is not None:
             cfg[key] = getattr(args, key)
     return cfg
@@ -180,10 +188,16 @@ def experiment_cli(get_config: Callable[[str], Config], doc: str | None = None,
     p.add_argument("--distribution", choices=("normal", "rademacher"))
     p.add_argument("--optimizer", choices=("sgd", "adam"))
     p.add_argument("--eval-every", dest="eval_every", type=int)
+    p.add_argument("--data-parallel", dest="data_parallel", type=int, metavar="N",
+                   help="split each batch over N devices (all hosts' devices when launched on "
+                   "several hosts, see fgrad._parallel.init_distributed)")
     args = p.parse_args(argv)
     try:
         cfg = _overrides(get_config(args.preset), args)
         out = Path(args.out or Path("results") / args.preset / cfg["name"])
+        if cfg.get("data_parallel") is not None:  # joins a multi-host job if the env says so
+            from fgrad._parallel import init_distributed
+            init_distributed()
         t0 = time.perf_counter()
         run_experiment(cfg, out, force=args.force, mnist_dir=args.mnist_dir)
     except (ValueError, TypeError, ResultsError) as e:

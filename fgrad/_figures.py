@@ -10,22 +10,25 @@ Conventions, the same in every figure: forward gradient in :data:`COLORS` ``["fo
 backprop in ``["backprop"]``; a line is the mean over seeds and the shaded band the min–max
 range over seeds; a "vs time" curve is drawn against the mean over seeds of the wall time at
 each iteration. MNIST training losses are smoothed by a trailing running mean of
-:data:`fgrad._report.SMOOTH_WINDOW` steps before plotting.
+:data:`fgrad._report.SMOOTH_WINDOW` steps before plotting (sweeps of short runs: at most a tenth of
+the run, :func:`sweep_window`). Sweeps of variants give each curve its own colour
+(:func:`curve_colors`): backprop curves in blues, forward-gradient curves in the other colours.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import LogNorm
+from matplotlib.colors import LogNorm, to_hex
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
 
@@ -34,12 +37,17 @@ from fgrad._report import (
     METHOD_LABELS,
     METHODS,
     SMOOTH_WINDOW,
+    Excluded,
     MnistRun,
     TrajectoryRun,
     best_loss,
+    best_rates,
     group_runs,
+    group_variants,
     load_mnist_runs,
+    load_quality,
     load_trajectories,
+    run_variant,
     smoothed_loss,
     time_to_reach,
 )
@@ -68,20 +76,23 @@ def _stack(series: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack([np.asarray(s[:n], np.float64) for s in series])
 
 
-def band(ax: Axes, x: np.ndarray, ys: np.ndarray, method: str, label: str) -> None:
+def band(ax: Axes, x: np.ndarray, ys: np.ndarray, method: str, label: str,
+         color: str | None = None, marker: str | None = None) -> None:
     """The one curve kind of every line panel: mean over seeds, min–max over seeds shaded.
 
     Args:
       ax: the panel.
       x: (n,) abscissae.
       ys: (seeds, n) values.
-      method: picks the colour.
+      method: picks the colour (unless ``color`` is given).
       label: legend entry.
+      color: the curve's colour (default: the method's).
+      marker: a marker at each point (for sparse series).
     """
     idx = _thin(len(x))
     x, ys = np.asarray(x)[idx], np.asarray(ys)[:, idx]
-    color = COLORS[method]
-    ax.plot(x, ys.mean(axis=0), color=color, lw=1.3, label=label)
+    color = color or COLORS[method]
+    ax.plot(x, ys.mean(axis=0), color=color, lw=1.3, label=label, marker=marker, ms=3)
     if ys.shape[0] > 1:
         ax.fill_between(x, ys.min(axis=0), ys.max(axis=0), color=color, alpha=0.2, lw=0)
 
@@ -234,9 +245,10 @@ def plot_test_functions(by_fn: dict[str, dict[str, TrajectoryRun]], name: str
 # ----------------------------------------------------------------------------- MNIST
 
 
-def _mnist_curves(runs: Sequence[MnistRun]) -> dict[str, np.ndarray]:
+def _mnist_curves(runs: Sequence[MnistRun], window: int = SMOOTH_WINDOW
+                  ) -> dict[str, np.ndarray]:
     """A method's seeds as arrays: smoothed loss with its steps and times, raw times, evals."""
-    sm = [smoothed_loss(r) for r in runs]
+    sm = [smoothed_loss(r, window) for r in runs]
     return {"steps": _stack([s[0] for s in sm])[0], "loss_time": _stack([s[1] for s in sm]),
             "loss": _stack([s[2] for s in sm]), "step": _stack([r.step for r in runs])[0],
             "time": _stack([r.time for r in runs]),
@@ -300,6 +312,222 @@ def plot_mnist(groups: dict[float, dict[int, dict[str, MnistRun]]], name: str
     return fig
 
 
+# ----------------------------------------------------------------------------- variant sweeps
+
+_TAB10 = [to_hex(c) for c in matplotlib.colormaps["tab10"].colors]
+_TAB20 = [to_hex(c) for c in matplotlib.colormaps["tab20"].colors]
+# Backprop curves in blues; forward-gradient curves in tab10 (red first, blue and its light
+# shade left out), then tab20's light shades.
+PALETTES = {"backprop": [_TAB10[0], _TAB20[1], "#08306b", "#6baed6"],
+            "forward": [_TAB10[3], *(_TAB10[i] for i in (1, 2, 4, 5, 6, 7, 8, 9)),
+                        *(_TAB20[i] for i in (7, 3, 5, 9, 11, 13, 15, 17, 19))]}
+Curves = dict[tuple[str, float], list[MnistRun]]
+
+
+def curve_colors(curves: Sequence[tuple[Hashable, str]]) -> dict[Hashable, str]:
+    """A colour per curve, given (key, method) pairs in legend order."""
+    used: dict[str, int] = {}
+    colors = {}
+    for key, method in curves:
+        palette = PALETTES.get(method, PALETTES["forward"])
+        colors[key] = palette[used.get(method, 0) % len(palette)]
+        used[method] = used.get(method, 0) + 1
+    return colors
+
+
+def sweep_window(runs: Sequence[MnistRun]) -> int:
+    """Smoothing window of a sweep's loss curves: :data:`SMOOTH_WINDOW` steps, cut to a tenth of
+    the shortest run so that short runs still draw a curve."""
+    return max(1, min(SMOOTH_WINDOW, min(len(r.loss) for r in runs) // 10))
+
+
+def _loss_panels(ax_iter: Axes, ax_time: Axes, curves: Curves, colors: dict[Hashable, str],
+                 tag: str = "") -> None:
+    """Smoothed training loss vs iterations and vs wall time, one band per (variant, η₀)."""
+    window = sweep_window([r for runs in curves.values() for r in runs])
+    for (variant, lr), runs in curves.items():
+        c = _mnist_curves(runs, window)
+        label, color = f"{variant}, η₀ = {lr:g}", colors[(variant, lr)]
+        band(ax_iter, c["steps"], c["loss"], runs[0].method, label, color)
+        band(ax_time, c["loss_time"].mean(axis=0), c["loss"], runs[0].method, label, color)
+    smooth = f"training loss (mean of {window} steps)"
+    style_axes(ax_iter, "iteration", smooth, f"loss vs iterations{tag}", logy=True)
+    style_axes(ax_time, "wall time (s)", smooth, f"loss vs time{tag}", logy=True)
+
+
+def _cosine_panel(ax: Axes, curves: Curves, colors: dict[Hashable, str]) -> None:
+    """Logged cosine with the exact gradient vs step, for the curves that logged it."""
+    for (variant, lr), runs in curves.items():
+        logged = [r for r in runs if r.cosine.size]
+        if logged:
+            band(ax, _stack([r.diag_step for r in logged])[0],
+                 _stack([r.cosine for r in logged]), runs[0].method,
+                 f"{variant}, η₀ = {lr:g}", colors[(variant, lr)], marker="o")
+    style_axes(ax, "iteration", "cos(estimate, exact gradient)",
+               "cosine with the exact gradient", logy=True)
+
+
+def _curves(runs: Sequence[MnistRun]) -> Curves:
+    """Runs by (variant, η₀), in variant then η₀ order; seeds in order."""
+    return {(v, lr): [seeds[s] for s in sorted(seeds)]
+            for v, by_lr in group_variants(runs).items() for lr, seeds in by_lr.items()}
+
+
+def load_complete_runs(exp_dir: Path) -> list[MnistRun]:
+    """The complete runs of a sweep folder."""
+    return load_mnist_runs(exp_dir)[0]
+
+
+def plot_k_sweep(runs: list[MnistRun], name: str) -> Figure | None:
+    """Multi-tangent sweep: loss vs iterations, loss vs time, cosine vs iterations, one curve
+    per (variant, η₀)."""
+    if not runs:
+        return None
+    curves = _curves(runs)
+    colors = curve_colors([(k, r[0].method) for k, r in curves.items()])
+    fig, axes = _new_figure(1, 3)
+    _loss_panels(axes[0, 0], axes[0, 1], curves, colors)
+    _cosine_panel(axes[0, 2], curves, colors)
+    fig.suptitle(f"{name}: K tangents per step, mean or projection (mean over seeds, min–max "
+                 "shaded)", fontsize=11)
+    return fig
+
+
+def _final_loss_panel(ax: Axes, runs: Sequence[MnistRun], excluded: Sequence[Excluded],
+                      colors: dict[Hashable, str], best: dict[str, float]) -> None:
+    """Final training loss vs η₀ per variant (min–max bars over seeds); diverged or unfinished
+    runs as crosses at the top; each variant's best η₀ circled."""
+    for variant, by_lr in group_variants(runs).items():
+        loss = {lr: np.array([r.summary["final_train_loss"] for r in seeds.values()], float)
+                for lr, seeds in by_lr.items()}
+        mean = {lr: v.mean() for lr, v in loss.items()}
+        err = [[mean[lr] - v.min() for lr, v in loss.items()],
+               [v.max() - mean[lr] for lr, v in loss.items()]]
+        ax.errorbar(list(loss), list(mean.values()), yerr=err, color=colors[variant],
+                    marker="o", ms=3, lw=1.2, capsize=2, label=variant)
+        if variant in best:
+            ax.plot(best[variant], mean[best[variant]], "o", ms=9, mfc="none",
+                    mec=colors[variant])
+    for e in excluded:
+        ax.plot(float(e.summary["learning_rate"]), 0.96, "x", ms=7, mew=1.5,
+                color=colors.get(run_variant(e.summary), "black"),
+                transform=ax.get_xaxis_transform())
+    if excluded:
+        ax.plot([], [], "x", color="black", label="diverged / unfinished")
+    ax.plot([], [], "o", ms=9, mfc="none", mec="black", label="best η₀")
+    ax.set_xscale("log")
+    style_axes(ax, "η₀ (log scale)", "final training loss (mean of last 100 steps)",
+               "final training loss vs η₀", logy=True)
+
+
+def load_sweep(exp_dir: Path) -> tuple[list[MnistRun], list[Excluded]]:
+    """A learning-rate sweep's complete runs and the runs left out (drawn as crosses)."""
+    return load_mnist_runs(exp_dir)
+
+
+def plot_lr_sweep(data: tuple[list[MnistRun], list[Excluded]], name: str) -> Figure | None:
+    """Learning-rate sweep: final loss vs η₀ per variant, then each variant's loss at its best
+    η₀ vs iterations and vs time."""
+    runs, excluded = data
+    if not runs:
+        return None
+    variants = group_variants(runs)
+    extra = [run_variant(e.summary) for e in excluded]
+    method = {**{run_variant(e.summary): e.summary["method"] for e in excluded},
+              **{v: next(iter(next(iter(by_lr.values())).values())).method
+                 for v, by_lr in variants.items()}}
+    colors = curve_colors([(v, method[v]) for v in dict.fromkeys([*variants, *extra])])
+    best = best_rates(runs, excluded)
+    curves = {(v, lr): runs for (v, lr), runs in _curves(runs).items() if best.get(v) == lr}
+    fig, axes = _new_figure(1, 3)
+    _final_loss_panel(axes[0, 0], runs, excluded, colors, best)
+    _loss_panels(axes[0, 1], axes[0, 2], curves, {k: colors[k[0]] for k in curves},
+                 " (best η₀)")
+    fig.suptitle(f"{name}: learning-rate sweep per method and optimizer (mean over seeds, "
+                 "min–max shown)", fontsize=11)
+    return fig
+
+
+# ----------------------------------------------------------------------------- estimator quality
+
+POINT_MARKERS = {"init": "o", "trained": "s"}
+POINT_LABELS = {"init": "at initialisation", "trained": "after training"}
+
+
+def _estimators(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """(distribution, combine) → colour, in the rows' order."""
+    kinds = list(dict.fromkeys((r["distribution"], r["combine"]) for r in rows))
+    return curve_colors([(k, "forward") for k in kinds])
+
+
+def _cos2_panel(ax: Axes, rows: Sequence[dict[str, Any]], colors: dict[Hashable, str]) -> None:
+    """E[cos²] vs K (log-log): measured markers per point, theory dashed per estimator."""
+    for (dist, combine), color in colors.items():
+        mine = [r for r in rows if (r["distribution"], r["combine"]) == (dist, combine)]
+        theory = sorted({(r["num_tangents"], r["cos2_theory"]) for r in mine
+                         if r["cos2_theory"] is not None})
+        if theory:
+            ax.plot(*zip(*theory), "--", color=color, lw=1.0)
+        for point, marker in POINT_MARKERS.items():
+            pts = sorted((r["num_tangents"], r["cos2_mean"]) for r in mine if r["point"] == point)
+            if pts:
+                ax.plot(*zip(*pts), marker, color=color, ms=5, mfc=color if point == "init"
+                        else "none", label=f"{dist}/{combine}" if point == "init" else None)
+    for point, marker in POINT_MARKERS.items():
+        ax.plot([], [], marker, color="black", mfc="black" if point == "init" else "none",
+                label=f"measured, {point}")
+    ax.plot([], [], "--", color="black", label="theory")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ks = sorted({r["num_tangents"] for r in rows})
+    ax.set_xticks(ks, [str(k) for k in ks])
+    for axis in (ax.xaxis, ax.yaxis):  # decades and the Ks only: no 2×10⁰-style minor labels
+        axis.set_minor_formatter(NullFormatter())
+
+
+def _cosine_boxes(ax: Axes, rows: Sequence[dict[str, Any]], colors: dict[Hashable, str]) -> None:
+    """Boxes of the M cosines per K, one per estimator side by side (whiskers 1.5 IQR)."""
+    ks = sorted({r["num_tangents"] for r in rows})
+    width = 0.8 / len(colors)
+    for j, (kind, color) in enumerate(colors.items()):
+        mine = {r["num_tangents"]: r["cosine"] for r in rows
+                if (r["distribution"], r["combine"]) == kind}
+        pos = [i + (j - (len(colors) - 1) / 2) * width for i, k in enumerate(ks) if k in mine]
+        if not pos:
+            continue
+        ax.boxplot([mine[k] for k in ks if k in mine], positions=pos, widths=0.85 * width,
+                   patch_artist=True, boxprops={"facecolor": color, "alpha": 0.5},
+                   medianprops={"color": "black"}, flierprops={"ms": 2},
+                   manage_ticks=False)
+        ax.plot([], [], "s", color=color, alpha=0.5, label=f"{kind[0]}/{kind[1]}")
+    ax.set_xticks(range(len(ks)), [str(k) for k in ks])
+
+
+def plot_quality(models: tuple[dict[str, dict[str, Any]], list[Excluded]], name: str
+                 ) -> Figure | None:
+    """Estimator quality, one row per model: E[cos²] vs K against theory, and the distribution
+    of the cosine per K at each parameter point."""
+    by_model = models[0]
+    if not by_model:
+        return None
+    points = list(dict.fromkeys(r["point"] for s in by_model.values() for r in s["rows"]))
+    fig, axes = _new_figure(len(by_model), 1 + len(points))
+    for row, (model, summary) in zip(axes, by_model.items()):
+        rows = summary["rows"]
+        colors = _estimators(rows)
+        _cos2_panel(row[0], rows, colors)
+        style_axes(row[0], "K (tangents)", "E[cos²(estimate, ∇)]",
+                   f"{model}: E[cos²] vs K (n = {rows[0]['n']})")
+        for ax, point in zip(row[1:], points):
+            _cosine_boxes(ax, [r for r in rows if r["point"] == point], colors)
+            style_axes(ax, "K (tangents)", "cos(estimate, ∇)",
+                       f"{model}: cosine {POINT_LABELS.get(point, point)} "
+                       f"(M = {rows[0]['samples']})", logy=True)
+    fig.suptitle(f"{name}: forward-gradient estimates against the exact gradient (markers: "
+                 "measured; dashed: theory)", fontsize=11)
+    return fig
+
+
 # ----------------------------------------------------------------------------- registry
 
 
@@ -318,6 +546,9 @@ FIGURES: dict[str, FigureSpec] = {
     "logreg": MNIST_FIGURE,
     "mlp": MNIST_FIGURE,
     "cnn": MNIST_FIGURE,
+    "estimator_quality": FigureSpec(load_quality, plot_quality),
+    "k_sweep": FigureSpec(load_complete_runs, plot_k_sweep),
+    "lr_sweep": FigureSpec(load_sweep, plot_lr_sweep),
 }
 
 

@@ -17,7 +17,7 @@ def process_peak_rss_bytes() -> int:
 
 def device_peak_bytes() -> int | None:
     """The default device allocator's peak bytes in use (GPU/TPU); None where not reported."""
-    stats = jax.devices()[0].memory_stats()
+    stats = jax.local_devices()[0].memory_stats()
     return None if not stats else int(stats.get("peak_bytes_in_use", 0)) or None
 
 

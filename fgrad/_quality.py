@@ -48,7 +48,8 @@ def theory(grad_flat: np.ndarray, num_tangents: int, distribution: str, combine:
 
 def sample_stats(value_fn, params, key: jax.Array, num_samples: int, num_tangents: int,
                  distribution: str, combine: str) -> dict[str, jax.Array]:
-    """M estimates in a ``lax.scan``: their cosines, and Σg, Σg² per entry for the variance."""
+    """M ≥ 2 estimates in a ``lax.scan``: their cosines, and the mean over entries of the
+    unbiased per-entry sample variance (from running Σg and Σg²)."""
     exact = jax.grad(value_fn)(params)
 
     def body(acc, k):
@@ -61,7 +62,7 @@ def sample_stats(value_fn, params, key: jax.Array, num_samples: int, num_tangent
     zeros = jnp.zeros_like(_flat(params))
     (s1, s2), cos = jax.lax.scan(body, (zeros, zeros), jax.random.split(key, num_samples))
     mean = s1 / num_samples
-    var = s2 / num_samples - mean**2
+    var = (s2 - num_samples * mean**2) / (num_samples - 1)  # unbiased sample variance
     return {"cosine": cos, "var_mean": jnp.mean(var), "exact": _flat(exact)}
 
 

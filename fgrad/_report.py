@@ -17,14 +17,20 @@ Metrics (the paper's, Baydin et al. 2022, Section 5):
 
 Values are the mean ± standard deviation (population, ddof = 0) over seeds; runs that diverged
 or did not finish are listed and left out of every mean.
+
+Beyond the paper: MNIST runs may be tagged with a ``variant`` (a method with config overrides,
+e.g. K tangents or Adam); runs are grouped by variant, which defaults to the method, so
+experiments without variants read as before. Sections :func:`estimator_quality_section`,
+:func:`k_sweep_section` and :func:`lr_sweep_section` report those experiments.
 """
 
 from __future__ import annotations
 
 import datetime
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +90,7 @@ class Excluded:
     steps_done: int | None
     steps: int | None
     diverged_step: int | None = None
+    summary: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def describe(self) -> str:
         """One Markdown list item."""
@@ -96,7 +103,7 @@ class Excluded:
 
 def _excluded(path: Path, summary: dict[str, Any]) -> Excluded:
     return Excluded(path, str(summary.get("status")), summary.get("steps_done"),
-                    summary.get("steps"), summary.get("diverged_step"))
+                    summary.get("steps"), summary.get("diverged_step"), summary)
 
 
 @dataclass(frozen=True)
@@ -110,10 +117,17 @@ class MnistRun:
     time: np.ndarray       # (n,) cumulative training seconds after each step
     eval_time: np.ndarray  # (m,) cumulative seconds at each evaluation (step 0 included)
     test_acc: np.ndarray   # (m,)
+    diag_step: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (d,)
+    cosine: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (d,) cos(estimate, ∇)
 
     @property
     def method(self) -> str:
         return self.summary["method"]
+
+    @property
+    def variant(self) -> str:
+        """The run's variant name; the method for runs of configs without variants."""
+        return run_variant(self.summary)
 
     @property
     def learning_rate(self) -> float:
@@ -125,36 +139,46 @@ class MnistRun:
 
 
 MNIST_KEYS = ("method", "learning_rate", "seed", "status", "steps", "steps_done")
+Rows = list[dict[str, Any]]
 
 
-def _read_log(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(train rows, eval rows) of a run's JSONL log; ResultsError naming it when unusable."""
+def run_variant(summary: dict[str, Any]) -> str:
+    """A run summary's ``variant``, defaulting to its ``method``."""
+    return str(summary.get("variant") or summary["method"])
+
+
+def _read_log(path: Path) -> tuple[Rows, Rows, Rows]:
+    """(train, eval, diag) rows of a run's JSONL log; ResultsError naming it when unusable."""
     rows = read_jsonl(path)
     try:
-        train = [r for r in rows if r["kind"] == "train"]
-        evals = [r for r in rows if r["kind"] == "eval"]
+        train, evals, diags = ([r for r in rows if r["kind"] == kind]
+                               for kind in ("train", "eval", "diag"))
         for r in train:
             float(r["loss"]), float(r["time"]), int(r["step"])
         for r in evals:
             float(r["time"]), float(r["test_acc"])
+        for r in diags:
+            float(r["cosine"]), int(r["step"])
     except (KeyError, TypeError, ValueError) as e:
         raise ResultsError(f"results file {path} has a malformed row ({type(e).__name__}: "
                            f"{e}): delete the run and rerun the experiment") from None
     if not train:
         raise ResultsError(f"results file {path} holds no training steps: delete the run and "
                            "rerun the experiment")
-    return train, evals
+    return train, evals, diags
 
 
 def _mnist_run(path: Path, summary: dict[str, Any]) -> MnistRun:
-    train, evals = _read_log(path.with_suffix(".jsonl"))
+    train, evals, diags = _read_log(path.with_suffix(".jsonl"))
     return MnistRun(
         path=path, summary=summary,
         step=np.array([r["step"] for r in train], np.int64),
         loss=np.array([r["loss"] for r in train], np.float64),
         time=np.array([r["time"] for r in train], np.float64),
         eval_time=np.array([r["time"] for r in evals], np.float64),
-        test_acc=np.array([r["test_acc"] for r in evals], np.float64))
+        test_acc=np.array([r["test_acc"] for r in evals], np.float64),
+        diag_step=np.array([r["step"] for r in diags], np.int64),
+        cosine=np.array([r["cosine"] for r in diags], np.float64))
 
 
 def run_summaries(exp_dir: str | Path, pattern: str = "*.json") -> list[tuple[Path, dict]]:
@@ -289,17 +313,23 @@ def _mean_of(values: Sequence[float | None]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def _method_metrics(run: MnistRun, method: str) -> dict[str, float | None]:
+def run_metrics(run: MnistRun) -> dict[str, float | None]:
+    """One run's ``ms`` per step, ``f_ms`` (T(f)), ``R`` = ms / f_ms, final training ``loss``,
+    final test ``acc``, ``mem`` (MiB, XLA's estimate for one step), ``dev`` (MiB, device peak)."""
     s = run.summary
     mem = s.get("memory") or {}
     ms, f_ms = _number(s.get("ms_per_step")), _number(s.get("f_ms"))
-    return {f"ms_{method}": ms, f"f_ms_{method}": f_ms,
-            f"R_{method[0]}": _ratio(ms, f_ms),
-            f"loss_{method}": _number(s.get("final_train_loss")),
-            f"acc_{method}": _number((s.get("final_eval") or {}).get("test_acc")),
-            f"mem_{method}": _ratio(_number((mem.get("step_xla") or {}).get("peak_estimate")),
-                                    MIB),
-            f"dev_{method}": _ratio(_number(mem.get("device_peak")), MIB)}
+    return {"ms": ms, "f_ms": f_ms, "R": _ratio(ms, f_ms),
+            "loss": _number(s.get("final_train_loss")),
+            "acc": _number((s.get("final_eval") or {}).get("test_acc")),
+            "mem": _ratio(_number((mem.get("step_xla") or {}).get("peak_estimate")), MIB),
+            "dev": _ratio(_number(mem.get("device_peak")), MIB)}
+
+
+def _method_metrics(run: MnistRun, method: str) -> dict[str, float | None]:
+    """:func:`run_metrics` keyed by method: ``ms_forward``, ``R_f``, ``loss_forward``, ..."""
+    return {f"R_{method[0]}" if k == "R" else f"{k}_{method}": v
+            for k, v in run_metrics(run).items()}
 
 
 def seed_metrics(forward: MnistRun | None, backprop: MnistRun | None,
@@ -326,11 +356,26 @@ def seed_metrics(forward: MnistRun | None, backprop: MnistRun | None,
 
 
 def group_runs(runs: Iterable[MnistRun]) -> dict[float, dict[int, dict[str, MnistRun]]]:
-    """Runs by learning rate, then seed, then method."""
+    """Runs by learning rate, then seed, then variant (the method, for configs without
+    variants)."""
     groups: dict[float, dict[int, dict[str, MnistRun]]] = {}
     for r in runs:
-        groups.setdefault(r.learning_rate, {}).setdefault(r.seed, {})[r.method] = r
+        groups.setdefault(r.learning_rate, {}).setdefault(r.seed, {})[r.variant] = r
     return dict(sorted(groups.items()))
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key reading digit runs as numbers (``K4`` before ``K16``)."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name)]
+
+
+def group_variants(runs: Iterable[MnistRun]
+                   ) -> dict[str, dict[float, dict[int, MnistRun]]]:
+    """Runs by variant (natural order), then learning rate, then seed."""
+    groups: dict[str, dict[float, dict[int, MnistRun]]] = {}
+    for r in runs:
+        groups.setdefault(r.variant, {}).setdefault(r.learning_rate, {})[r.seed] = r
+    return {v: dict(sorted(groups[v].items())) for v in sorted(groups, key=natural_key)}
 
 
 @dataclass(frozen=True)
@@ -581,6 +626,14 @@ def _steps_of(seeds: dict[int, dict[str, MnistRun]]) -> int:
     return max(int(r.summary["steps"]) for runs in seeds.values() for r in runs.values())
 
 
+def _setup_line(runs: Sequence[MnistRun]) -> str:
+    """Steps, batch size and seeds of some runs, and how values are aggregated."""
+    steps = max(int(r.summary["steps"]) for r in runs)
+    batch = runs[0].summary.get("config", {}).get("batch_size", "?")
+    seeds = ", ".join(str(s) for s in sorted({r.seed for r in runs}))
+    return f"{steps} steps, batch {batch}, seeds {seeds}; mean ± std over seeds (ddof = 0)."
+
+
 def mnist_section(exp_dir: Path, window: int = SMOOTH_WINDOW) -> list[str]:
     """Markdown body for an MNIST experiment: one table per learning rate and a summary."""
     runs, excluded = load_mnist_runs(exp_dir)
@@ -592,11 +645,8 @@ def mnist_section(exp_dir: Path, window: int = SMOOTH_WINDOW) -> list[str]:
         stats = lr_stats(seeds, window)
         paper = paper_values(experiment, lr)
         steps = _steps_of(seeds)
-        cfg = next(iter(next(iter(seeds.values())).values())).summary.get("config", {})
-        lines += ["", f"### η₀ = {lr:g}", "",
-                  f"{steps} steps, batch {cfg.get('batch_size', '?')}, seeds "
-                  f"{', '.join(str(s) for s in sorted(seeds))}; mean ± std over seeds "
-                  "(ddof = 0).", ""]
+        lr_runs = [r for by_variant in seeds.values() for r in by_variant.values()]
+        lines += ["", f"### η₀ = {lr:g}", "", _setup_line(lr_runs), ""]
         lines += _lr_table(stats, paper)
         summary.append(f"At η₀ = {lr:g}: " + " ".join(
             s for s in (_time_sentence(stats, paper, steps, window),
@@ -606,6 +656,400 @@ def mnist_section(exp_dir: Path, window: int = SMOOTH_WINDOW) -> list[str]:
     else:
         lines += ["", "No complete runs."]
     return lines[1:] + _excluded_lines(excluded)
+
+
+# ----------------------------------------------------------------------------- estimator quality
+
+QUALITY_KEYS = ("point", "distribution", "combine", "num_tangents", "n", "samples", "cosine",
+                "cos2_mean", "cos2_theory", "var_mean", "var_theory")
+MODEL_ORDER = ("logreg", "mlp", "cnn")
+QUALITY_FORMULAS = (
+    "Theory (`fgrad/_quality.py`; ∇ is the exact gradient on one fixed minibatch, with n "
+    "entries; g an estimate from K tangents v with i.i.d. zero-mean unit-variance entries): "
+    "for the mean of K estimates, Var[g_i] = (‖∇‖² + ∇_i²) / K with normal v and "
+    "(‖∇‖² − ∇_i²) / K with Rademacher v, so the mean over the n entries is "
+    "(‖∇‖² ± ‖∇‖²/n) / K; E[cos²(g, ∇)] ≈ K / (n + K − 1) (n ≫ K; exactly 1/n for K = 1, "
+    "normal). For the projection of ∇ onto span(v_1..v_K) with normal v, E[cos²] = K / n "
+    "exactly (the span is uniformly random); no theory is given for its variance or for "
+    "Rademacher projections (n/a). E[cos²] is measured over M estimates, ± its standard error.")
+
+
+def _model_order(model: str) -> tuple[int, str]:
+    return (MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER), model)
+
+
+def load_quality(exp_dir: str | Path) -> tuple[dict[str, dict[str, Any]], list[Excluded]]:
+    """Estimator-quality results by model (``<model>.json``; logreg, mlp, cnn first), and the
+    files left out (not complete).
+
+    Raises:
+      ResultsError: naming the file, when a summary or one of its rows lacks a key.
+    """
+    models, excluded = {}, []
+    for path, summary in run_summaries(exp_dir):
+        _require(summary, ("model", "status", "rows"), path)
+        if summary["status"] != "complete":
+            excluded.append(_excluded(path, summary))
+            continue
+        for row in summary["rows"]:
+            _require(row if isinstance(row, dict) else {}, QUALITY_KEYS, path)
+        models[str(summary["model"])] = summary
+    return {m: models[m] for m in sorted(models, key=_model_order)}, excluded
+
+
+def quality_ratios(row: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(E[cos²] measured / theory, mean Var[g_i] measured / theory) of one row (None: no
+    theory)."""
+    return (_ratio(_number(row["cos2_mean"]), _number(row["cos2_theory"])),
+            _ratio(_number(row["var_mean"]), _number(row["var_theory"])))
+
+
+def _cos2_error(row: dict[str, Any]) -> float:
+    """Standard error of the measured E[cos²] (from the row's M cosines)."""
+    cos2 = np.asarray(row["cosine"], np.float64) ** 2
+    return float(np.std(cos2, ddof=1) / math.sqrt(cos2.size)) if cos2.size > 1 else math.nan
+
+
+def _g(value: float | None, spec: str = ".3g") -> str:
+    """A number, or "n/a" for None."""
+    return "n/a" if value is None else format(value, spec)
+
+
+def _quality_row(row: dict[str, Any]) -> list[str]:
+    r_cos, r_var = quality_ratios(row)
+    return [str(row["point"]), str(row["distribution"]), str(row["combine"]),
+            str(row["num_tangents"]), str(row["n"]),
+            f"{row['cos2_mean']:.3g} ± {_cos2_error(row):.2g}", _g(_number(row["cos2_theory"])),
+            _g(r_cos), _g(_number(row["var_mean"])), _g(_number(row["var_theory"])), _g(r_var)]
+
+
+QUALITY_HEADER = ("point", "distribution", "combine", "K", "n", "E[cos²], measured ± s.e.",
+                  "E[cos²], theory", "measured / theory", "mean Var[g_i], measured",
+                  "mean Var[g_i], theory", "measured / theory")
+
+
+def _range_text(values: Sequence[float]) -> str:
+    return f"{min(values):.3g} to {max(values):.3g} (median {float(np.median(values)):.3g})"
+
+
+def _quality_sentence(rows: Sequence[dict[str, Any]]) -> str:
+    """Measured/theory ranges and how many E[cos²] theories lie within 2 standard errors."""
+    pairs = [(quality_ratios(r), r) for r in rows]
+    cos = [(c, r) for (c, _), r in pairs if c is not None]
+    var = [v for (_, v), _ in pairs if v is not None]
+    if not cos and not var:
+        return "No setting has a theoretical value to compare with."
+    parts = []
+    if cos:
+        near = sum(abs(r["cos2_mean"] - r["cos2_theory"]) <= 2 * _cos2_error(r) for _, r in cos)
+        parts.append(f"E[cos²] measured / theory is {_range_text([c for c, _ in cos])}; the "
+                     f"theory lies within 2 standard errors of the measurement in {near} of "
+                     f"{len(cos)} settings")
+    if var:
+        parts.append(f"mean Var[g_i] measured / theory is {_range_text(var)}")
+    return "**Summary.** " + "; ".join(parts) + "."
+
+
+def _quality_setup(summary: dict[str, Any]) -> str:
+    rows, cfg = summary["rows"], summary.get("config") or {}
+    samples = "/".join(str(m) for m in sorted({int(r["samples"]) for r in rows}))
+    n = "/".join(str(v) for v in sorted({int(r["n"]) for r in rows}))
+    return (f"n = {n} parameters; M = {samples} estimates per setting on one minibatch of "
+            f"{cfg.get('batch_size', '?')}; *init*: at initialisation, *trained*: after "
+            f"{cfg.get('train_steps', '?')} backprop SGD steps (η = {cfg.get('train_lr', '?')}).")
+
+
+def estimator_quality_section(exp_dir: Path) -> list[str]:
+    """Markdown body for the estimator-quality experiment: the formulas, one table per model."""
+    models, excluded = load_quality(exp_dir)
+    if not models and not excluded:
+        return []
+    lines = [QUALITY_FORMULAS]
+    for model, summary in models.items():
+        lines += ["", f"### {model}", "", _quality_setup(summary), ""]
+        lines += markdown_table(QUALITY_HEADER, [_quality_row(r) for r in summary["rows"]])
+        lines += ["", _quality_sentence(summary["rows"])]
+    return lines + _excluded_lines(excluded)
+
+
+# ----------------------------------------------------------------------------- variant sweeps
+
+
+def run_setting(run: MnistRun | Excluded, key: str, default: Any = None) -> Any:
+    """A config value of a run (its summary's ``config``, where variant overrides are)."""
+    return (run.summary.get("config") or {}).get(key, default)
+
+
+def mean_cosine(run: MnistRun) -> float | None:
+    """Mean of the run's logged cosines with the exact gradient (None when none was logged)."""
+    finite = run.cosine[np.isfinite(run.cosine)]
+    return float(finite.mean()) if finite.size else None
+
+
+BackpropTimes = dict[tuple[int, float | None], float]
+
+
+def backprop_ms(runs: Iterable[MnistRun]) -> BackpropTimes:
+    """ms per step of the complete backprop runs (mean over backprop variants) by (seed, η₀),
+    and by (seed, None) over all η₀ of the seed."""
+    per: dict[tuple[int, float | None], list[float | None]] = {}
+    for r in runs:
+        if r.method == "backprop":
+            ms = _number(r.summary.get("ms_per_step"))
+            for key in ((r.seed, r.learning_rate), (r.seed, None)):
+                per.setdefault(key, []).append(ms)
+    means = {key: _mean_of(ms) for key, ms in per.items()}
+    return {key: ms for key, ms in means.items() if ms is not None}
+
+
+def variant_stats(seeds: dict[int, MnistRun], bp_ms: BackpropTimes) -> dict[str, Stat | None]:
+    """:func:`run_metrics` of one (variant, η₀) over its seeds, with ``vs_backprop`` (step time /
+    backprop's step time, same seed and η₀ where run, else its mean over η₀) and ``cosine``
+    (:func:`mean_cosine`)."""
+    per_seed = []
+    for seed, run in sorted(seeds.items()):
+        m = run_metrics(run)
+        bp = bp_ms.get((seed, run.learning_rate), bp_ms.get((seed, None)))
+        m.update(vs_backprop=_ratio(m["ms"], bp), cosine=mean_cosine(run))
+        per_seed.append(m)
+    return {k: aggregate(m[k] for m in per_seed) for k in per_seed[0]}
+
+
+def _k_sweep_row(variant: str, lr: float, seeds: dict[int, MnistRun], stats: dict) -> list[str]:
+    run = next(iter(seeds.values()))
+    cosine = "1 (exact)" if run.method == "backprop" else format_stat(stats["cosine"])
+    return [variant, f"{lr:g}", str(len(seeds)), format_stat(stats["loss"]),
+            format_stat(stats["acc"]), format_stat(stats["ms"]), format_stat(stats["R"]),
+            format_stat(stats["vs_backprop"]), cosine]
+
+
+def _k_sweep_sentence(table: Sequence[tuple[MnistRun, dict[str, Stat | None]]]) -> str:
+    """How the cosine and step time of each (distribution, combine) change from its smallest
+    to its largest K, beside √K (the theory's growth of the cosine for n ≫ K)."""
+    by_kind: dict[tuple[str, str], dict[int, dict[str, Stat | None]]] = {}
+    for run, stats in table:
+        if run.method == "forward" and stats["cosine"] is not None:
+            kind = (run_setting(run, "distribution", "normal"), run_setting(run, "combine", "mean"))
+            by_kind.setdefault(kind, {})[int(run_setting(run, "num_tangents", 1))] = stats
+    parts = []
+    for (dist, combine), by_k in by_kind.items():
+        if len(by_k) < 2:
+            continue
+        k_lo, k_hi = min(by_k), max(by_k)
+        lo, hi = by_k[k_lo], by_k[k_hi]
+        growth = {k: _ratio(hi[k].mean, lo[k].mean) if hi[k] and lo[k] else None
+                  for k in ("cosine", "ms")}
+        text = (f"{dist}/{combine}: from K = {k_lo} to K = {k_hi} the mean cosine grows "
+                f"{_g(growth['cosine'])}× (√(K ratio) = {math.sqrt(k_hi / k_lo):.3g})")
+        if growth["ms"] is not None:
+            text += f" and the step time {growth['ms']:.3g}×"
+        parts.append(text)
+    return "**Summary.** " + "; ".join(parts) + "." if parts else ""
+
+
+K_SWEEP_HEADER = ("variant", "η₀", "seeds", "final training loss", "final test accuracy",
+                  "ms / step", "R = T(step) / T(f)", "T(step) / T(backprop step)",
+                  "mean cos(estimate, ∇)")
+
+
+def k_sweep_section(exp_dir: Path) -> list[str]:
+    """Markdown body for the multi-tangent sweep: one row per variant and η₀."""
+    runs, excluded = load_mnist_runs(exp_dir)
+    if not runs and not excluded:
+        return []
+    if not runs:
+        return ["No complete runs.", *_excluded_lines(excluded)]
+    bp_ms = backprop_ms(runs)
+    table = [(variant, lr, seeds, variant_stats(seeds, bp_ms))
+             for variant, by_lr in group_variants(runs).items() for lr, seeds in by_lr.items()]
+    every = run_setting(runs[0], "diagnostics_every")
+    logged = (f"Cosines with the exact minibatch gradient are logged every {every} steps, by a "
+              "computation compiled apart from the timed step." if every else
+              "No cosines were logged (`diagnostics_every` unset).")
+    lines = [f"{_setup_line(runs)} Backprop step time: the same seed's backprop run at the same "
+             f"η₀ (else at any η₀). {logged}", ""]
+    lines += markdown_table(K_SWEEP_HEADER, [_k_sweep_row(*row) for row in table])
+    sentence = _k_sweep_sentence([(next(iter(seeds.values())), stats)
+                                  for _, _, seeds, stats in table])
+    return lines + (["", sentence] if sentence else []) + _excluded_lines(excluded)
+
+
+def _failure(e: Excluded) -> str:
+    seed = e.summary.get("seed", "?")
+    if e.status == "diverged":
+        return f"seed {seed} diverged at step {e.diverged_step}"
+    return f"seed {seed} {e.status} at step {e.steps_done} of {e.steps}"
+
+
+SweepKey = tuple[str, float]
+
+
+def _failures(excluded: Iterable[Excluded]) -> dict[SweepKey, list[Excluded]]:
+    """The runs left out, by (variant, η₀)."""
+    out: dict[SweepKey, list[Excluded]] = {}
+    for e in excluded:
+        key = (run_variant(e.summary), float(e.summary["learning_rate"]))
+        out.setdefault(key, []).append(e)
+    return out
+
+
+def best_rates(runs: Sequence[MnistRun], excluded: Sequence[Excluded] = ()
+               ) -> dict[str, float]:
+    """Per variant, the η₀ with the lowest mean final training loss over seeds, among the η₀
+    whose runs all completed (none diverged or was interrupted)."""
+    failed = _failures(excluded)
+    best = {}
+    for variant, by_lr in group_variants(runs).items():
+        losses = {lr: aggregate(_number(r.summary.get("final_train_loss"))
+                                for r in seeds.values())
+                  for lr, seeds in by_lr.items() if (variant, lr) not in failed}
+        losses = {lr: s.mean for lr, s in losses.items() if s is not None and s.n}
+        if losses:
+            best[variant] = min(losses, key=losses.__getitem__)
+    return best
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One (variant, η₀) of a learning-rate sweep: its complete runs' stats, the failed runs."""
+
+    variant: str
+    method: str
+    optimizer: str
+    lr: float
+    stats: dict[str, Stat | None]
+    failed: list[Excluded]
+
+    @property
+    def usable(self) -> bool:
+        """Every run completed, so the point takes part in the choice of the best η₀."""
+        return not self.failed and self.stats.get("loss") is not None
+
+
+def sweep_points(runs: Sequence[MnistRun], excluded: Sequence[Excluded]
+                 ) -> dict[SweepKey, SweepPoint]:
+    """Every (variant, η₀) with a run, complete or not, in variant then η₀ order."""
+    grouped, failed = group_variants(runs), _failures(excluded)
+    bp_ms = backprop_ms(runs)
+    stats = {(v, lr): variant_stats(seeds, bp_ms) for v, by_lr in grouped.items()
+             for lr, seeds in by_lr.items()}
+    first: dict[SweepKey, MnistRun | Excluded] = {
+        (v, lr): next(iter(seeds.values())) for v, by_lr in grouped.items()
+        for lr, seeds in by_lr.items()}
+    for key, fails in failed.items():
+        first.setdefault(key, fails[0])
+    keys = sorted(first, key=lambda k: (natural_key(k[0]), k[1]))
+    return {k: SweepPoint(k[0], str(first[k].summary["method"]),
+                          str(run_setting(first[k], "optimizer", "sgd")), k[1],
+                          stats.get(k, {}), failed.get(k, [])) for k in keys}
+
+
+def _sweep_row(p: SweepPoint) -> list[str]:
+    status = "; ".join(_failure(e) for e in p.failed) or "complete"
+    return [p.variant, p.optimizer, f"{p.lr:g}", format_stat(p.stats.get("loss")),
+            format_stat(p.stats.get("acc")), status]
+
+
+def _edge_note(p: SweepPoint, grid: Sequence[float]) -> str:
+    if len(grid) > 1 and p.lr == max(grid):
+        return "largest η₀ tried: a larger one may do better"
+    if len(grid) > 1 and p.lr == min(grid):
+        return "smallest η₀ tried: a smaller one may do better"
+    return ""
+
+
+def _best_rows(points: dict[SweepKey, SweepPoint], best: dict[str, float]) -> list[list[str]]:
+    rows = []
+    for variant, lr in best.items():
+        p = points[(variant, lr)]
+        grid = [k[1] for k in points if k[0] == variant]
+        rows.append([variant, METHOD_LABELS.get(p.method, p.method), p.optimizer, f"{lr:g}",
+                     format_stat(p.stats.get("loss")), format_stat(p.stats.get("acc")),
+                     _edge_note(p, grid)])
+    return rows
+
+
+def _loss(p: SweepPoint) -> float:
+    return p.stats["loss"].mean
+
+
+def _best_of(points: Iterable[SweepPoint]) -> SweepPoint | None:
+    usable = [p for p in points if p.usable]
+    return min(usable, key=_loss) if usable else None
+
+
+def _shared_point(fwd: Sequence[SweepPoint], bp: Sequence[SweepPoint]
+                  ) -> tuple[SweepPoint, SweepPoint] | None:
+    """(forward, backprop) at the η₀ in both grids (both complete) with the lowest mean of
+    their two losses."""
+    pairs = [(f, b) for f in fwd for b in bp if f.usable and b.usable and f.lr == b.lr]
+    return min(pairs, key=lambda fb: _loss(fb[0]) + _loss(fb[1])) if pairs else None
+
+
+def _protocol_sentence(optimizer: str, fwd: Sequence[SweepPoint], bp: Sequence[SweepPoint]
+                       ) -> str:
+    """Forward gradient vs backprop with one optimizer: each at its own best η₀, and at a
+    shared η₀ (the paper's protocol)."""
+    bf, bb = _best_of(fwd), _best_of(bp)
+    if bf is None or bb is None:
+        return f"With {optimizer}, a method has no complete η₀, so they cannot be compared."
+    best_ratio = _loss(bf) / _loss(bb)
+    text = (f"With {optimizer}, each at its own best η₀, forward gradient ends at a training "
+            f"loss of {_loss(bf):.4g} (η₀ = {bf.lr:g}) and backprop at {_loss(bb):.4g} "
+            f"(η₀ = {bb.lr:g}): a forward / backprop loss ratio of {best_ratio:.3g}. ")
+    shared = _shared_point(fwd, bp)
+    if shared is None:
+        return text + ("No η₀ is in both grids, so the paper's shared-rate protocol (one η₀ for "
+                       "both methods) cannot be evaluated here.")
+    sf, sb = shared
+    shared_ratio = _loss(sf) / _loss(sb)
+    text += (f"Under the paper's protocol, one η₀ for both methods (here η₀ = {sf.lr:g}: of the "
+             "rates in both grids, the one with the lowest mean of the two losses), the losses "
+             f"are {_loss(sf):.4g} and {_loss(sb):.4g}, a ratio of {shared_ratio:.3g}: ")
+    if math.isclose(shared_ratio, best_ratio, rel_tol=1e-9):
+        return text + "the shared rate is each method's best, so both protocols agree."
+    if shared_ratio < best_ratio:
+        return text + ("the shared rate makes forward gradient look closer to backprop than "
+                       "when each method is tuned, so it understates backprop's advantage.")
+    return text + ("the shared rate makes forward gradient look worse relative to backprop than "
+                   "when each method is tuned, so it understates forward gradient.")
+
+
+def _sweep_summary(points: dict[SweepKey, SweepPoint]) -> str:
+    optimizers = sorted({p.optimizer for p in points.values()}, key=lambda o: (o != "sgd", o))
+    sentences = []
+    for opt in optimizers:
+        by_method = {m: [p for p in points.values() if p.optimizer == opt and p.method == m]
+                     for m in METHODS}
+        if all(by_method.values()):
+            sentences.append(_protocol_sentence(opt, by_method["forward"],
+                                                by_method["backprop"]))
+    return "**Summary.** " + " ".join(sentences) if sentences else ""
+
+
+SWEEP_HEADER = ("variant", "optimizer", "η₀", "final training loss", "final test accuracy",
+                "runs")
+BEST_HEADER = ("variant", "method", "optimizer", "best η₀", "final training loss",
+               "final test accuracy", "note")
+
+
+def lr_sweep_section(exp_dir: Path) -> list[str]:
+    """Markdown body for the learning-rate sweep: every (variant, η₀) with diverged runs shown,
+    the best η₀ per variant, and forward gradient vs backprop at their best and shared rates."""
+    runs, excluded = load_mnist_runs(exp_dir)
+    if not runs and not excluded:
+        return []
+    points = sweep_points(runs, excluded)
+    lines = [(_setup_line(runs) + " " if runs else "") + "Runs that diverged or did not finish "
+             "are shown where they stopped and left out of the means; an η₀ with such a run "
+             "cannot be a best η₀. Best η₀: the lowest mean final training loss (mean of the "
+             "last 100 steps).", ""]
+    lines += markdown_table(SWEEP_HEADER, [_sweep_row(p) for p in points.values()])
+    best = best_rates(runs, excluded)
+    lines += ["", "**Best η₀ per variant**", ""]
+    lines += markdown_table(BEST_HEADER, _best_rows(points, best))
+    summary = _sweep_summary(points)
+    return lines + (["", summary] if summary else [])
 
 
 # ----------------------------------------------------------------------------- the report
@@ -636,6 +1080,12 @@ SECTIONS: list[Section] = [
     Section("logreg", "Logistic regression on MNIST", mnist_section),
     Section("mlp", "MLP on MNIST", mnist_section),
     Section("cnn", "CNN on MNIST", mnist_section),
+    Section("estimator_quality", "Estimator quality: cosine and variance vs K, against theory "
+            "(beyond the paper)", estimator_quality_section),
+    Section("k_sweep", "Multi-tangent forward gradients on the MLP (beyond the paper)",
+            k_sweep_section),
+    Section("lr_sweep", "Learning-rate sweep per method on the MLP (beyond the paper)",
+            lr_sweep_section),
 ]
 
 

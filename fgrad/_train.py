@@ -25,16 +25,25 @@ from fgrad._env import environment
 from fgrad._memory import compiled_memory, device_peak_bytes, process_peak_rss_bytes
 from fgrad._mnist import Mnist
 from fgrad._models import accuracy, cross_entropy_loss, init_params, make_model
+from fgrad._parallel import DATA_AXIS, data_mesh, make_data_parallel_step, replicate
 from fgrad._results import JsonlWriter, write_json
 from fgrad._schedules import make_optimizer
 from fgrad._sources import make_source
 
 PyTree = Any
 
-# Steps per compiled call, by (model, backend, method); chosen by measurement (see
-# results/bench). On XLA CPU a scan over the CNN step is much slower than a Python loop
-# (backward convolutions get slow layouts inside the while loop), so the CNN runs one step per
-# call there; small models gain from amortising dispatch over a scan.
+# Steps per compiled call, by (model, backend); chosen by measurement (experiments/bench.py,
+# results/bench/cpu-amd-epyc-2c.md, "Loop style" table: every step method of a model timed one
+# step per call from a Python loop and as a lax.scan, batch 64, XLA:CPU with fgrad's flags):
+# * logreg: a scan of 50 is 1.6–2.1× faster per step than a Python loop (the ~50 µs dispatch
+#   per call is larger than the step itself) → scan (the fallback).
+# * mlp: scan within 0.98–1.19× of the Python loop for every method → scan (the fallback).
+# * cnn: the backprop step inside a scan is ~50× slower (9.4 s vs 0.19 s per step): inside
+#   the while loop XLA:CPU gets the weight-gradient convolution in a layout (f01b_i01o->01bf)
+#   its Eigen convolution does not take and falls back to a naive loop. Forward-gradient steps
+#   are only 5–11 % faster in a scan, so one step per call keeps every method within 1.2× of
+#   its fastest loop style.
+# Other backends use the fallback (a scan amortises dispatch; not yet measured on GPU).
 DEFAULT_STEPS_PER_CALL = {("cnn", "cpu"): 1}
 FALLBACK_STEPS_PER_CALL = 50
 
@@ -74,20 +83,30 @@ def epoch_permutations(key: jax.Array, num_examples: int, batch_size: int, steps
     return jax.vmap(lambda k: jax.random.permutation(k, num_examples))(keys).astype(jnp.int32)
 
 
-def batch_at(step: jax.Array, data: Data, batch_size: int) -> tuple[jax.Array, jax.Array]:
-    """The minibatch of training step ``step``: its slice of that epoch's permutation."""
+def batch_at(step: jax.Array, data: Data, batch_size: int,
+             local_indices: Callable[[jax.Array], jax.Array] | None = None
+             ) -> tuple[jax.Array, jax.Array]:
+    """The minibatch of training step ``step``: its slice of that epoch's permutation.
+
+    ``local_indices`` (data parallelism, see :mod:`fgrad._parallel`) maps the step's
+    ``batch_size`` example indices to the part this device evaluates; None: all of them.
+    """
     per_epoch = data.perms.shape[1] // batch_size
     epoch, pos = step // per_epoch, (step % per_epoch) * batch_size
     idx = jax.lax.dynamic_slice(data.perms[epoch], (pos,), (batch_size,))
+    if local_indices is not None:
+        idx = local_indices(idx)
     return data.images[idx], data.labels[idx]
 
 
 def make_train_step(loss_fn: Callable, tx: optax.GradientTransformationExtraArgs,
-                    batch_size: int) -> Callable[[TrainState, Data], tuple[TrainState, jax.Array]]:
-    """``train_step(state, data) -> (state, loss)``: one update on the step's minibatch."""
+                    batch_size: int, local_indices: Callable[[jax.Array], jax.Array] | None = None
+                    ) -> Callable[[TrainState, Data], tuple[TrainState, jax.Array]]:
+    """``train_step(state, data) -> (state, loss)``: one update on the step's minibatch
+    (this device's part of it when ``local_indices`` is given, see :func:`batch_at`)."""
 
     def train_step(state: TrainState, data: Data):
-        images, labels = batch_at(state.step, data, batch_size)
+        images, labels = batch_at(state.step, data, batch_size, local_indices)
         value_fn = lambda p: loss_fn(p, images, labels)
         updates, opt_state = tx.update(state.params, state.opt_state, state.params,
                                        value_fn=value_fn)
@@ -201,18 +220,25 @@ def train_run(cfg: dict[str, Any], data: Mnist, method: str, learning_rate: floa
     k_params, k_data = jax.random.split(jax.random.key(seed))
     params = init_params(model, k_params)
     loss_fn = cross_entropy_loss(model)
-    tx = make_optimizer(make_source(method, seed, cfg), learning_rate, decay=cfg["decay"],
-                        optimizer=cfg.get("optimizer", "sgd"))
+    # data_parallel: the global batch split over that many devices (fgrad._parallel).
+    mesh = None if cfg.get("data_parallel") is None else data_mesh(cfg["data_parallel"],
+                                                                    batch_size)
+    tx = make_optimizer(make_source(method, seed, cfg, None if mesh is None else DATA_AXIS),
+                        learning_rate, decay=cfg["decay"], optimizer=cfg.get("optimizer", "sgd"))
     train = Data(jnp.asarray(data.train_images), jnp.asarray(data.train_labels),
                  epoch_permutations(k_data, data.train_images.shape[0], batch_size, steps))
     n_eval = int(cfg.get("eval_examples") or data.test_images.shape[0])
     test_x, test_y = jnp.asarray(data.test_images[:n_eval]), jnp.asarray(data.test_labels[:n_eval])
     state = TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
+    if mesh is not None:
+        state, train, test_x, test_y = replicate((state, train, test_x, test_y), mesh)
+    train_step = (make_train_step(loss_fn, tx, batch_size) if mesh is None
+                  else make_data_parallel_step(loss_fn, tx, batch_size, mesh))
 
     t0 = time.perf_counter()
-    step_fn = jax.jit(make_multi_step(make_train_step(loss_fn, tx, batch_size), chunk),
+    step_fn = jax.jit(make_multi_step(train_step, chunk),
                       donate_argnums=0).lower(state, train).compile()
-    eval_fn = jax.jit(make_eval_fn(model, min(n_eval, 1000))).lower(params, test_x,
+    eval_fn = jax.jit(make_eval_fn(model, min(n_eval, 1000))).lower(state.params, test_x,
                                                                     test_y).compile()
     compile_s = time.perf_counter() - t0
     diag_every = int(cfg.get("diagnostics_every") or 0) if method == "forward" else 0

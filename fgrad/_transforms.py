@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fgrad._estimator import check_estimator_options, forward_gradient
+from fgrad._estimator import check_estimator_options, forward_gradient, mean_value_and_grad
 
 PyTree = Any
 
@@ -85,6 +85,7 @@ def forward_gradient_source(
     derivative: str = "jvp",
     fd_epsilon: float = 1e-3,
     diagnostics: bool = False,
+    axis_name: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Replaces the updates by a forward gradient of ``value_fn`` at ``params``.
 
@@ -102,6 +103,10 @@ def forward_gradient_source(
       fd_epsilon: ε for finite differences.
       diagnostics: also compute the exact gradient by backprop, only to record the cosine
         similarity and norm ratio in the state (costs a backward pass).
+      axis_name: data parallelism under ``jax.shard_map``: the mesh axis the batch is split on.
+        The K directional derivatives and f(θ) are averaged over it (``lax.pmean``, K + 1
+        scalars per step) before g is formed; the state (hence the key and the tangents) must
+        be replicated. None: single device.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes ``value_fn``.
@@ -132,7 +137,7 @@ def forward_gradient_source(
         out = forward_gradient(value_fn, params, subkey, num_tangents=num_tangents,
                                distribution=distribution, combine=combine,
                                derivative=derivative, fd_epsilon=fd_epsilon,
-                               return_exact=diagnostics)
+                               return_exact=diagnostics, axis_name=axis_name)
         diag = gradient_diagnostics(out.grad, out.exact_grad) if diagnostics else {}
         new_state = ForwardGradientState(key, out.value.astype(jnp.float32),
                                          out.directional_derivatives.astype(jnp.float32), diag)
@@ -141,10 +146,15 @@ def forward_gradient_source(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def backprop_source() -> optax.GradientTransformationExtraArgs:
+def backprop_source(axis_name: str | None = None) -> optax.GradientTransformationExtraArgs:
     """Replaces the updates by the exact gradient ∇f(θ) of ``value_fn`` (reverse mode).
 
     The baseline of the paper: ``jax.value_and_grad(value_fn)(params)``.
+
+    Args:
+      axis_name: data parallelism under ``jax.shard_map``: the mesh axis the batch is split on;
+        each device's gradient and f(θ) are averaged over it (``lax.pmean``, an all-reduce of
+        all n gradient entries per step). None: single device.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes ``value_fn``.
@@ -165,7 +175,7 @@ def backprop_source() -> optax.GradientTransformationExtraArgs:
         if params is None:
             raise ValueError("backprop_source needs params: call update(u, s, params, "
                              "value_fn=...)")
-        value, grad = jax.value_and_grad(value_fn)(params)
+        value, grad = mean_value_and_grad(value_fn, params, axis_name)
         return grad, BackpropState(value.astype(jnp.float32))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

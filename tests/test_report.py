@@ -9,7 +9,7 @@ import pytest
 
 import fgrad._trajectories
 from fgrad._figures import make_figures
-from fgrad._report import report_markdown, write_report
+from fgrad._report import SECTIONS, report_markdown, write_report
 from fgrad._results import ResultsError, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,24 +39,31 @@ def _curves(method, seed):
     return steps, 0.3 + 2.0 * np.exp(-steps / tau) + noise, sec * steps
 
 
-def _write_mnist_run(exp_dir: Path, method: str, seed: int) -> None:
-    sec, f_ms, _ = RUNS[(method, seed)]
-    steps, loss, times = _curves(method, seed)
+def _write_run(exp_dir: Path, name: str, loss: np.ndarray, times: np.ndarray, acc: float,
+               summary: dict, extra_rows: tuple = ()) -> None:
+    """A complete run's JSONL log (evaluations at step 0 and the end, a training row per step,
+    ``extra_rows``) and its summary (``summary`` plus final loss and evaluation)."""
     rows = [{"kind": "eval", "step": 0, "time": 0.0, "test_loss": 2.3, "test_acc": 0.1}]
-    rows += [{"kind": "train", "step": int(s), "loss": float(v), "time": float(t)}
-             for s, v, t in zip(steps, loss, times)]
-    acc = 0.8 + 0.01 * seed + (0.05 if method == "backprop" else 0.0)
-    rows.append({"kind": "eval", "step": STEPS, "time": float(times[-1]), "test_loss": 0.5,
+    rows += [{"kind": "train", "step": i + 1, "loss": float(v), "time": float(t)}
+             for i, (v, t) in enumerate(zip(loss, times))]
+    rows += list(extra_rows)
+    rows.append({"kind": "eval", "step": len(loss), "time": float(times[-1]), "test_loss": 0.5,
                  "test_acc": acc})
-    name = f"{method}_lr{LR:g}_seed{seed}"
     (exp_dir / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     write_json(exp_dir / f"{name}.json", {
+        **summary, "status": "complete", "steps": len(loss), "steps_done": len(loss),
+        "final_train_loss": float(loss[-100:].mean()), "final_eval": rows[-1]})
+
+
+def _write_mnist_run(exp_dir: Path, method: str, seed: int) -> None:
+    sec, f_ms, _ = RUNS[(method, seed)]
+    _, loss, times = _curves(method, seed)
+    acc = 0.8 + 0.01 * seed + (0.05 if method == "backprop" else 0.0)
+    _write_run(exp_dir, f"{method}_lr{LR:g}_seed{seed}", loss, times, acc, {
         "experiment": "mlp", "model": "mlp", "method": method, "learning_rate": LR,
-        "seed": seed, "status": "complete", "steps": STEPS, "steps_done": STEPS,
-        "config": {"batch_size": 64}, "env": ENV, "ms_per_step": 1e3 * sec, "f_ms": f_ms,
-        "final_train_loss": float(loss[-100:].mean()), "final_eval": rows[-1],
-        "memory": {"step_xla": {"peak_estimate": (100 + seed) * 2**20},
-                   "process_peak_rss": 2**30, "device_peak": None}})
+        "seed": seed, "config": {"batch_size": 64}, "env": ENV, "ms_per_step": 1e3 * sec,
+        "f_ms": f_ms, "memory": {"step_xla": {"peak_estimate": (100 + seed) * 2**20},
+                                 "process_peak_rss": 2**30, "device_peak": None}})
 
 
 def _write_bad_runs(exp_dir: Path) -> None:
@@ -240,3 +247,119 @@ def test_reproduce_resumes_after_an_interruption(tmp_path: Path, monkeypatch):
     assert drawn == [out]
     report = (out / "REPORT.md").read_text()
     assert "| beale | forward gradient |" in report and "wall time" in report
+
+
+# ----------------------------------------------------------------------------- beyond the paper
+
+
+def _section(out: Path, name: str) -> str:
+    """One section of the report, as Markdown."""
+    return report_markdown(out, sections=[s for s in SECTIONS if s.name == name])
+
+
+def _quality_rows(rng: np.random.Generator) -> list[dict]:
+    n, rows = 1000, []
+    for point in ("init", "trained"):
+        for dist, combine in (("normal", "mean"), ("normal", "projection")):
+            for k in (1, 4):
+                cos = np.abs(rng.normal(np.sqrt(k / n), 0.01, 16))
+                rows.append({"point": point, "distribution": dist, "combine": combine,
+                             "num_tangents": k, "n": n, "samples": 16, "cosine": cos,
+                             "cos_mean": cos.mean(), "cos2_mean": np.mean(cos**2),
+                             "cos2_theory": k / n, "var_mean": rng.uniform(0.5, 2.0) / k,
+                             "var_theory": None if combine == "projection" else 1.1 / k,
+                             "grad_norm": 1.0})
+    return rows
+
+
+def test_estimator_quality_table_shows_measured_over_theory(tmp_path: Path):
+    out = tmp_path / "results"
+    (out / "estimator_quality").mkdir(parents=True)
+    rows = _quality_rows(np.random.default_rng(0))
+    write_json(out / "estimator_quality" / "logreg.json", {
+        "experiment": "estimator_quality", "model": "logreg", "status": "complete",
+        "config": {"batch_size": 64, "train_steps": 20, "train_lr": 0.05}, "env": ENV,
+        "rows": rows})
+    text = _section(out, "estimator_quality")
+    assert "K / n" in text and "(‖∇‖² + ∇_i²) / K" in text
+    for r in rows:
+        head = (f"| {r['point']} | {r['distribution']} | {r['combine']} | {r['num_tangents']} "
+                f"| {r['n']} | ")
+        line = next(line for line in text.splitlines() if line.startswith(head))
+        cells = line.strip("| ").split(" | ")
+        assert cells[7] == f"{r['cos2_mean'] / r['cos2_theory']:.3g}", line
+        var_ratio = "n/a" if r["var_theory"] is None else f"{r['var_mean'] / r['var_theory']:.3g}"
+        assert cells[10] == var_ratio, line
+    assert [p.name for p in make_figures(out)] == ["estimator_quality.png",
+                                                   "estimator_quality.pdf"]
+
+
+SWEEP_STEPS = 100
+# (variant, method, η₀) → final loss level of seeds 0 and 1; None: that seed diverged.
+SWEEP = {("forward-sgd", "forward", 1e-4): (2.0, 2.1), ("forward-sgd", "forward", 1e-3): (1.5, 1.7),
+         ("forward-sgd", "forward", 3e-3): (1.2, None),
+         ("backprop-sgd", "backprop", 1e-3): (1.4, 1.5),
+         ("backprop-sgd", "backprop", 1e-2): (0.6, 0.5),
+         ("backprop-sgd", "backprop", 1e-1): (0.8, 0.7)}
+
+
+def _write_sweep_run(exp_dir: Path, variant: str, method: str, lr: float, seed: int,
+                     level: float, cosine: bool = False) -> None:
+    steps = np.arange(1, SWEEP_STEPS + 1)
+    loss = level + 0.5 * np.exp(-steps / 20.0)
+    diag = [{"kind": "diag", "step": int(s), "cosine": 0.01 * (1 + seed) * s / SWEEP_STEPS,
+             "norm_ratio": 30.0, "directional_derivative": -1.0}
+            for s in (1, 51)] if cosine else []
+    _write_run(exp_dir, f"{variant}_lr{lr:g}_seed{seed}", loss, 0.01 * steps, 0.9 - level / 10,
+               {"experiment": exp_dir.name, "model": "mlp", "method": method,
+                "variant": variant, "learning_rate": lr, "seed": seed, "env": ENV,
+                "config": {"batch_size": 64, "optimizer": "sgd", "diagnostics_every": 50},
+                "ms_per_step": 10.0, "f_ms": 2.0}, tuple(diag))
+
+
+def test_lr_sweep_picks_the_lowest_final_loss_among_complete_rates(tmp_path: Path):
+    exp_dir = tmp_path / "results" / "lr_sweep"
+    exp_dir.mkdir(parents=True)
+    finals: dict[str, dict[float, list[float]]] = {}
+    failed = set()
+    for (variant, method, lr), levels in SWEEP.items():
+        for seed, level in enumerate(levels):
+            name = f"{variant}_lr{lr:g}_seed{seed}.json"
+            if level is None:  # low "final loss" of a diverged run: must not make it the best
+                write_json(exp_dir / name, {
+                    "method": method, "variant": variant, "learning_rate": lr, "seed": seed,
+                    "status": "diverged", "steps": SWEEP_STEPS, "steps_done": 17,
+                    "diverged_step": 17, "final_train_loss": 0.01, "config": {}})
+                failed.add((variant, lr))
+                continue
+            _write_sweep_run(exp_dir, variant, method, lr, seed, level)
+            loss = json.loads((exp_dir / name).read_text())["final_train_loss"]
+            finals.setdefault(variant, {}).setdefault(lr, []).append(loss)
+    best = {v: min((lr for lr in by_lr if (v, lr) not in failed),
+                   key=lambda lr: np.mean(by_lr[lr])) for v, by_lr in finals.items()}
+    assert best == {"forward-sgd": 1e-3, "backprop-sgd": 1e-2}
+    text = _section(exp_dir.parent, "lr_sweep")
+    kept = finals["forward-sgd"][3e-3][0]  # the diverged seed is shown but not averaged
+    assert f"| forward-sgd | sgd | 0.003 | {kept:.4g} | 0.78 | seed 1 diverged at step 17 |" in text
+    for variant, lr in best.items():
+        label = "forward gradient" if variant.startswith("forward") else "backprop"
+        mean = np.mean(finals[variant][lr])
+        assert f"| {variant} | {label} | sgd | {lr:g} | {mean:.4g} ± " in text
+    assert "understates backprop's advantage" in text  # loss ratio ≈ 1.1 at 1e-3, ≈ 2.6 at best
+    assert [p.name for p in make_figures(exp_dir.parent)] == ["lr_sweep.png", "lr_sweep.pdf"]
+
+
+def test_k_sweep_renders_a_figure_and_the_logged_cosine(tmp_path: Path):
+    exp_dir = tmp_path / "results" / "k_sweep"
+    exp_dir.mkdir(parents=True)
+    _write_sweep_run(exp_dir, "backprop", "backprop", 2e-4, 0, 0.5)
+    for seed in (0, 1):
+        _write_sweep_run(exp_dir, "fg-normal-K4-mean", "forward", 2e-4, seed, 1.0, cosine=True)
+    paths = make_figures(exp_dir.parent)
+    assert [p.name for p in paths] == ["k_sweep.png", "k_sweep.pdf"]
+    assert paths[0].stat().st_size > 10_000
+    cos = [0.01 * (1 + seed) * s / SWEEP_STEPS for seed in (0, 1) for s in (1, 51)]
+    seed_means = [np.mean(cos[:2]), np.mean(cos[2:])]
+    row = next(line for line in _section(exp_dir.parent, "k_sweep").splitlines()
+               if line.startswith("| fg-normal-K4-mean |"))
+    assert row.endswith(f"| {_fmt(seed_means)} |") and "| 2 |" in row

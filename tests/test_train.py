@@ -121,3 +121,48 @@ def test_killed_experiment_script_keeps_what_it_logged(mnist_dir, tmp_path):
     assert summary["status"] == "incomplete"
     rows = read_jsonl(log)
     assert summary["steps_done"] == sum(r["kind"] == "train" for r in rows) > 0
+
+
+def _weight_gradient_matmuls(jaxpr, batch: int) -> int:
+    """dot_generals contracting over the minibatch axis (size ``batch``), sub-jaxprs included.
+
+    Those are the weight gradients of dense layers, x^T δ: a backward pass has one per layer,
+    forward mode (x W and its tangent x V + ẋ W) contracts only feature axes.
+    """
+    n = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            shape = eqn.invars[0].aval.shape
+            n += any(shape[d] == batch for d in lhs_contract)
+        for p in eqn.params.values():
+            for sub in p if isinstance(p, (list, tuple)) else [p]:
+                if hasattr(sub, "jaxpr"):
+                    n += _weight_gradient_matmuls(getattr(sub.jaxpr, "jaxpr", sub.jaxpr), batch)
+                elif hasattr(sub, "eqns"):
+                    n += _weight_gradient_matmuls(sub, batch)
+    return n
+
+
+@pytest.mark.parametrize("diagnostics", [False, True])
+def test_forward_step_traces_no_backward_pass_unless_diagnostics(diagnostics):
+    """An MLP with L = 4 dense layers at batch 8: backprop has L weight-gradient matmuls; the
+    forward-gradient step must have none unless diagnostics (which need the exact gradient)
+    are switched on in the step's source."""
+    from fgrad._train import Data, TrainState, make_train_step
+    model = fgrad.make_model("mlp", width=16, depth=3)
+    layers, batch = 4, 8
+    params = fgrad.init_params(model, jax.random.key(0))
+    loss_fn = fgrad.cross_entropy_loss(model)
+    data = Data(jax.numpy.zeros((32, 28, 28, 1)), jax.numpy.zeros((32,), jax.numpy.int32),
+                jax.numpy.zeros((1, 32), jax.numpy.int32))
+
+    def count(source):
+        tx = fgrad.make_optimizer(source, 1e-3)
+        state = TrainState(params, tx.init(params), jax.numpy.zeros((), jax.numpy.int32))
+        jaxpr = jax.make_jaxpr(make_train_step(loss_fn, tx, batch))(state, data).jaxpr
+        return _weight_gradient_matmuls(jaxpr, batch)
+
+    assert count(fgrad.backprop_source()) == layers
+    assert count(fgrad.forward_gradient_source(0, diagnostics=diagnostics)) == (
+        layers if diagnostics else 0)

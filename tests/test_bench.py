@@ -1,0 +1,136 @@
+"""The step benchmark and the depth sweep: they run end to end, their numbers are consistent,
+and fgrad's XLA flags leave gradients unchanged."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fgrad._bench import (
+    case_ratios,
+    device_slug,
+    memory_breakdown,
+    method_from_name,
+    run_depth_sweep,
+    time_interleaved,
+)
+from fgrad._models import cross_entropy_loss, init_params, make_model
+from fgrad._xla_flags import FGRAD_COMPILER_OPTIONS, FGRAD_XLA_FLAGS, configure_xla_flags
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_bench_writes_json_and_markdown(tmp_path):
+    cmd = [sys.executable, str(ROOT / "experiments" / "bench.py"), "--quick", "--models",
+           "logreg", "--loops", "python", "scan", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (json_path,) = tmp_path.glob("*.json")
+    result = json.loads(json_path.read_text())
+    assert json_path.stem == result["device_slug"]
+    assert result["env"]["jax"] and "xla_cpu_scheduler_type" in result["env"]["xla_flags"]
+    (case,) = result["cases"]
+    assert (case["model"], case["batch_size"]) == ("logreg", 64)
+    assert set(case["methods"]) == {"f", "backprop", "fwd-normal-k1", "fwd-rademacher-k1",
+                                    "sample-normal-k1", "sample-rademacher-k1"}
+    for name, row in case["methods"].items():
+        assert row["ms"] > 0 and set(row["time"]) == {"python", "scan"}, name
+        assert row["flops"] > 0 and row["gflops_per_s"] > 0, name
+        assert row["memory"]["peak_estimate"] > 0 and row["compile_s"]["python"] > 0, name
+    assert case["ratios"]["backprop"]["R_b"] > 1
+    fwd = case["ratios"]["fwd-normal-k1"]
+    assert {"R_f", "fwd_over_bp", "sampling_share"} <= set(fwd)
+    assert 0 < fwd["sampling_share"] < 5
+    assert case["loop_check"]["backprop"]["training_over_fastest"] >= 1
+    assert case["process_peak_rss"] > 0
+    md = json_path.with_suffix(".md").read_text()
+    assert "| logreg | 64 |" in md and "fwd-normal-k1" in md and "jax " in md
+    assert "Python loop vs lax.scan" in md
+
+
+def test_depth_sweep_backprop_memory_grows_with_depth_forward_stays_flat(tmp_path):
+    cfg = {"width": 64, "depths": [1, 2], "batch_sizes": [8], "rounds": 1, "min_round_s": 0.0,
+           "warmup": 0, "methods": ["f", "backprop", "fwd-normal-k1"],
+           "compiler_options": FGRAD_COMPILER_OPTIONS}
+    path = run_depth_sweep(cfg, tmp_path, isolate=False, log=lambda s: None)
+    result = json.loads(path.read_text())
+    rows = {r["depth"]: r for r in result["rows"]}
+    mem = {d: {n: rows[d]["methods"][n]["memory"] for n in ("backprop", "fwd-normal-k1")}
+           for d in rows}
+    bp_growth = mem[2]["backprop"]["rest"] - mem[1]["backprop"]["rest"]
+    fwd_growth = mem[2]["fwd-normal-k1"]["rest"] - mem[1]["fwd-normal-k1"]["rest"]
+    # Backprop keeps each layer's activations (8 × 64 floats and a mask) for the backward pass;
+    # forward mode only ever holds the current layer's.
+    assert bp_growth >= 8 * 64 * 4
+    assert bp_growth > fwd_growth
+    for d in rows:
+        assert rows[d]["R_f"] > 0 and rows[d]["R_b"] > 0
+        for m in mem[d].values():
+            assert m["total"] == m["parameter_sized"] + m["rest"]
+            assert m["parameter_copies"] >= 1  # at least the parameters themselves
+    assert (tmp_path / "depth_sweep.md").read_text().count("\n| 8 |") == 2
+
+
+def test_fgrad_xla_flags_leave_cnn_gradients_unchanged():
+    model = make_model("cnn")
+    params = init_params(model, jax.random.key(0))
+    loss = cross_entropy_loss(model)
+    x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1), jnp.float32)
+    y = jnp.arange(4, dtype=jnp.int32)
+    grad = jax.jit(jax.grad(loss))
+    plain = grad.lower(params, x, y).compile()(params, x, y)
+    tuned = grad.lower(params, x, y).compile(FGRAD_COMPILER_OPTIONS)(params, x, y)
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(tuned)):
+        a, b = np.asarray(a), np.asarray(b)
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * np.abs(a).max())
+
+
+def test_configure_xla_flags_adds_missing_flags_only():
+    env = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type= --xla_foo=1"}
+    out = configure_xla_flags(env)
+    assert out == env["XLA_FLAGS"]
+    assert "--xla_cpu_experimental_ynn_fusion_type= " in out  # the user's value is kept
+    assert out.count("xla_cpu_experimental_ynn_fusion_type") == 1
+    assert all(f.split("=")[0] in out for f in FGRAD_XLA_FLAGS)
+    assert configure_xla_flags({"FGRAD_XLA_FLAGS": "0"}) == ""
+    assert configure_xla_flags({}).split() == list(FGRAD_XLA_FLAGS)
+
+
+def test_time_interleaved_rotates_and_limits_slow_callables():
+    calls = []
+    runs = {n: (lambda n=n: calls.append(n)) for n in "abc"}
+    out = time_interleaved(runs, {"a": 1, "b": 2, "c": 1}, rounds=3, min_round_s=0.0,
+                           warmup=1)
+    assert {n: len(v) for n, v in out.items()} == {"a": 3, "b": 3, "c": 3}
+    assert calls[-9:] == list("abcbcacab")  # each round starts one callable later
+    slow = time_interleaved({"s": lambda: __import__("time").sleep(0.02), "f": lambda: None},
+                            {"s": 1, "f": 1}, rounds=4, min_round_s=0.0, warmup=0,
+                            max_call_s=0.01)
+    assert len(slow["s"]) == 1 and len(slow["f"]) == 4
+
+
+def test_ratios_breakdown_names_and_slug():
+    per = {"f": {"kind": "f", "source": None, "ms": 2.0},
+           "backprop": {"kind": "step", "source": "backprop", "ms": 6.0},
+           "fwd-normal-k1": {"kind": "step", "source": "forward", "ms": 8.0},
+           "sample-normal-k1": {"kind": "sample", "source": None, "ms": 2.0}}
+    r = case_ratios(per)
+    assert r["backprop"]["R_b"] == 3.0
+    assert r["fwd-normal-k1"] == {"R_f": 4.0, "fwd_over_bp": 8 / 6, "sampling_share": 0.25}
+    m = memory_breakdown({"peak_estimate": 1000}, {"peak_estimate": 700}, 64, 32, 400)
+    assert (m["rest"], m["parameter_sized"], m["parameter_copies"]) == (600, 400, 1.0)
+    assert method_from_name("fwd-rademacher-k4").num_tangents == 4
+    assert method_from_name("backprop").source == "backprop"
+    with pytest.raises(ValueError, match="unknown benchmark method"):
+        method_from_name("fwd-uniform-k1")
+    env = {"platform": "cpu", "cpu": "AMD EPYC 7B13 64-Core Processor", "cpu_cores": 2}
+    assert device_slug(env) == "cpu-amd-epyc-7b13-2c"
+    assert device_slug({"platform": "cpu", "cpu": "AMD EPYC", "cpu_cores": 2}) == \
+        "cpu-amd-epyc-2c"
+    assert device_slug({"platform": "gpu", "device": "NVIDIA H100 80GB HBM3"}) == \
+        "gpu-nvidia-h100-80gb-hbm3"
