@@ -14,7 +14,7 @@ import sys
 from fgrad import experiment_cli, mnist_defaults
 
 PRESETS = {
-    "cpu": {"steps": 300, "seeds": [0], "eval_every": 100},
+    "cpu": {"steps": 300, "seeds": [0], "eval_every": 100, "eval_examples": 2_000},
     "paper": {"steps": 20_000, "seeds": [0, 1, 2, 3, 4], "eval_every": 1_000},
 }
 

@@ -33,6 +33,7 @@ def get_config(preset: str = "cpu") -> dict:
     """The depth-sweep config of a preset (``"cpu"`` or ``"paper"``)."""
     return {
         "name": "depth_sweep",
+        "kind": "depth_sweep",
         "width": 1024,
         "batch_sizes": [64, 1024],
         "methods": list(DEPTH_METHODS),

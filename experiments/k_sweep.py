@@ -27,7 +27,7 @@ def _fg(k: int, combine: str = "mean", distribution: str = "normal") -> dict:
 BACKPROP = {"name": "backprop", "method": "backprop", "learning_rates": [2e-4, 0.05]}
 PRESETS = {
     "cpu": {"steps": 1_000, "seeds": [0], "eval_every": 500,
-            "variants": [BACKPROP, _fg(1), _fg(4), _fg(16), _fg(4, "projection"),
+            "variants": [BACKPROP, _fg(1), _fg(4), _fg(4, "projection"),
                          _fg(1, distribution="rademacher")]},
     "paper": {"steps": 20_000, "seeds": [0, 1, 2], "eval_every": 1_000,
               "variants": [BACKPROP] + [_fg(k, c, d) for d in ("normal", "rademacher")

@@ -28,11 +28,13 @@ from fgrad import run_experiment
 from fgrad._figures import make_figures
 from fgrad._report import write_report
 from fgrad._results import ResultsError, read_json, write_json
+from fgrad._xla_flags import configure_xla_flags
 
 HERE = Path(__file__).resolve().parent
 # The experiments, in run order: each is HERE/<name>.py with get_config(preset), and writes
 # OUT/<name>/. Append new ones here (and give them a report section and a figure).
-EXPERIMENTS = ["test_functions", "logreg", "mlp", "cnn", "estimator_quality", "k_sweep",
+EXPERIMENTS = ["test_functions", "logreg", "mlp", "cnn", "depth_sweep", "estimator_quality",
+               "k_sweep",
                "lr_sweep"]
 PRESETS = ("cpu", "paper")
 
@@ -153,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mnist-dir", help="directory of the four MNIST IDX files (default: "
                    "$FGRAD_MNIST_DIR, else download with TFDS)")
     args = p.parse_args(argv)
+    configure_xla_flags()  # the flags the benchmark chose, before JAX runs anything
     out = Path(args.out or Path("results") / args.preset)
     command = shlex.join(["python", "experiments/reproduce.py", *argv])
     try:

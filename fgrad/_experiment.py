@@ -20,9 +20,10 @@ from typing import Any
 from fgrad._results import ResultsError, is_done
 from fgrad._schedules import check_learning_rate
 from fgrad._sources import METHODS
+from fgrad._xla_flags import configure_xla_flags
 
 PRESETS = ("cpu", "paper")
-KINDS = ("test_functions", "mnist", "estimator_quality")
+KINDS = ("test_functions", "mnist", "estimator_quality", "depth_sweep")
 Config = dict[str, Any]
 
 
@@ -85,6 +86,13 @@ def run_experiment(cfg: Config, out_dir: str | Path, force: bool = False,
         from fgrad._trajectories import run_test_functions
         run_test_functions(cfg, out_dir, force)
         return out_dir
+    if cfg["kind"] == "depth_sweep":
+        from fgrad._bench import run_depth_sweep
+        if not force and (out_dir / "depth_sweep.json").exists():
+            print(f"[skip] {out_dir / 'depth_sweep.json'} exists (FORCE=1 / --force reruns it)")
+        else:
+            run_depth_sweep(cfg, out_dir)
+        return out_dir
     if cfg["kind"] == "estimator_quality":
         from fgrad._quality import run_estimator_quality
         run_estimator_quality(cfg, out_dir, force, mnist_dir)
@@ -115,7 +123,7 @@ def check_config(cfg: Config) -> None:
     if cfg.get("kind") not in KINDS:
         raise ValueError(f"config {cfg.get('name')!r} has unknown kind {cfg.get('kind')!r}: "
                          f"use one of {', '.join(KINDS)}")
-    if cfg["kind"] == "estimator_quality":
+    if cfg["kind"] in ("estimator_quality", "depth_sweep"):
         return
     if cfg["kind"] == "test_functions":
         methods = cfg["methods"]
@@ -192,6 +200,7 @@ def experiment_cli(get_config: Callable[[str], Config], doc: str | None = None,
                    help="split each batch over N devices (all hosts' devices when launched on "
                    "several hosts, see fgrad._parallel.init_distributed)")
     args = p.parse_args(argv)
+    configure_xla_flags()  # the flags the benchmark chose (fgrad/_xla_flags.py), before JAX runs
     try:
         cfg = _overrides(get_config(args.preset), args)
         out = Path(args.out or Path("results") / args.preset / cfg["name"])

@@ -42,8 +42,10 @@ from fgrad._report import (
     TrajectoryRun,
     best_loss,
     best_rates,
+    depth_series,
     group_runs,
     group_variants,
+    load_depth_sweep,
     load_mnist_runs,
     load_quality,
     load_trajectories,
@@ -528,6 +530,38 @@ def plot_quality(models: tuple[dict[str, dict[str, Any]], list[Excluded]], name:
     return fig
 
 
+# ----------------------------------------------------------------------------- depth sweep
+
+
+def plot_depth_sweep(result: dict[str, Any] | None, name: str) -> Figure | None:
+    """Depth sweep, one row per batch size: R_f and R_b vs depth, R_f/R_b vs depth, and the
+    peak memory of both steps vs depth (total solid, beyond parameter-sized buffers dashed)."""
+    if result is None:
+        return None
+    batch_sizes = sorted({r["batch_size"] for r in result["rows"]})
+    fig, axes = _new_figure(len(batch_sizes), 3)
+    for row, b in zip(axes, batch_sizes):
+        s = depth_series(result, b)
+        for key, method in (("f", "forward"), ("b", "backprop")):
+            row[0].plot(s["depth"], s[f"R_{key}"], "o-", color=COLORS[method],
+                        label=f"R_{key} ({METHOD_LABELS[method]})")
+            row[2].plot(s["depth"], s[f"{key}_total"], "o-", color=COLORS[method],
+                        label=f"{METHOD_LABELS[method]}: total")
+            row[2].plot(s["depth"], s[f"{key}_rest"], "s--", color=COLORS[method],
+                        label=f"{METHOD_LABELS[method]}: beyond parameter-sized")
+        row[1].plot(s["depth"], s["R_f"] / s["R_b"], "o-", color="k", label="R_f / R_b")
+        row[1].axhline(1.0, color="gray", lw=0.8, ls=":")
+        for ax in row:
+            ax.set_xscale("log")
+        style_axes(row[0], "depth (hidden layers)", "step time / time of f",
+                   f"batch {b}: runtime cost")
+        style_axes(row[1], "depth (hidden layers)", "R_f / R_b", f"batch {b}: relative cost")
+        style_axes(row[2], "depth (hidden layers)", "peak memory (MiB)",
+                   f"batch {b}: XLA peak memory", logy=True)
+    fig.suptitle(f"{name}: MLP width {result.get('config', {}).get('width', '?')}", fontsize=11)
+    return fig
+
+
 # ----------------------------------------------------------------------------- registry
 
 
@@ -549,6 +583,7 @@ FIGURES: dict[str, FigureSpec] = {
     "estimator_quality": FigureSpec(load_quality, plot_quality),
     "k_sweep": FigureSpec(load_complete_runs, plot_k_sweep),
     "lr_sweep": FigureSpec(load_sweep, plot_lr_sweep),
+    "depth_sweep": FigureSpec(load_depth_sweep, plot_depth_sweep),
 }
 
 

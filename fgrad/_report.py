@@ -1065,6 +1065,101 @@ DEFINITIONS = (
     "listed in their section and left out of every mean and figure.")
 
 
+# ----------------------------------------------------------------------------- depth sweep
+
+MIB = 2.0**20
+
+
+def load_depth_sweep(exp_dir: str | Path) -> dict[str, Any] | None:
+    """``exp_dir/depth_sweep.json`` (None when absent), checked for its rows."""
+    path = Path(exp_dir) / "depth_sweep.json"
+    if not path.exists():
+        return None
+    result = read_json(path)
+    rows = result.get("rows")
+    if not isinstance(rows, list) or not all(
+            isinstance(r, dict) and {"depth", "batch_size", "methods"} <= r.keys() for r in rows):
+        raise ResultsError(f"results file {path} has no valid 'rows' (depth, batch_size, "
+                           "methods): delete it and rerun the depth sweep")
+    return result
+
+
+def depth_fwd_method(row: dict[str, Any]) -> str:
+    """The forward-gradient entry of a depth-sweep row (normal tangents, K = 1, if present)."""
+    fwd = [m for m in row["methods"] if m.startswith("fwd")]
+    return "fwd-normal-k1" if "fwd-normal-k1" in fwd else fwd[0]
+
+
+def depth_series(result: dict[str, Any], batch_size: int) -> dict[str, np.ndarray]:
+    """Per depth at one batch size: R_f, R_b and the memory of both steps (MiB)."""
+    rows = sorted((r for r in result["rows"] if r["batch_size"] == batch_size),
+                  key=lambda r: r["depth"])
+
+    def get(r, method, *keys):
+        v = r["methods"][method]
+        for k in keys:
+            v = v.get(k) if isinstance(v, dict) else None
+        return np.nan if v is None else float(v)
+
+    out = {"depth": np.array([r["depth"] for r in rows], float)}
+    for label, method in (("f", None), ("b", "backprop")):
+        out[f"R_{label}"] = np.array([get(r, method or depth_fwd_method(r), "R") for r in rows])
+        for part in ("total", "parameter_sized", "rest"):
+            out[f"{label}_{part}"] = np.array(
+                [get(r, method or depth_fwd_method(r), "memory", part) for r in rows]) / MIB
+    return out
+
+
+def _depth_row(s: dict[str, np.ndarray], i: int) -> list[str]:
+    def fmt(v, digits=2):
+        return "n/a" if not np.isfinite(v) else f"{v:.{digits}f}"
+    return [f"{s['depth'][i]:.0f}", fmt(s["R_f"][i]), fmt(s["R_b"][i]),
+            fmt(s["R_f"][i] / s["R_b"][i]), fmt(s["f_total"][i], 1), fmt(s["f_rest"][i], 1),
+            fmt(s["b_total"][i], 1), fmt(s["b_rest"][i], 1),
+            fmt(s["f_total"][i] / s["b_total"][i])]
+
+
+DEPTH_HEADER = ["depth", "R_f", "R_b", "R_f/R_b", "fwd peak (MiB)", "fwd rest (MiB)",
+                "bp peak (MiB)", "bp rest (MiB)", "fwd/bp peak"]
+
+
+def _depth_sentence(s: dict[str, np.ndarray], batch_size: int) -> str:
+    i0 = 1 if len(s["depth"]) > 1 else 0  # growth is measured from depth 2 (the issue's target)
+    grow_f, grow_b = s["f_rest"][-1] / s["f_rest"][i0], s["b_rest"][-1] / s["b_rest"][i0]
+    ratio = s["f_total"][-1] / s["b_total"][-1]
+    d0, d1 = int(s["depth"][i0]), int(s["depth"][-1])
+    paper_f, paper_b = PAPER_DEPTH_SWEEP["R_f"], PAPER_DEPTH_SWEEP["R_b"]
+    cheaper = "below" if np.nanmax(s["R_f"] / s["R_b"]) < 1 else "not always below"
+    return (f"At batch {batch_size}, from depth {d0} to {d1} the memory beyond parameter-sized "
+            f"buffers grows {grow_b:.1f}× for backprop (stored activations) and {grow_f:.2f}× "
+            f"for the forward gradient; at depth {d1} the forward-gradient step's total peak is "
+            f"{ratio:.2f}× backprop's (the paper reports equal memory for both). R_f ranges "
+            f"{np.nanmin(s['R_f']):.2f}–{np.nanmax(s['R_f']):.2f} and R_b "
+            f"{np.nanmin(s['R_b']):.2f}–{np.nanmax(s['R_b']):.2f} (paper: R_f {paper_f[0]} → "
+            f"{paper_f[1]}, R_b {paper_b[0]} → {paper_b[1]} from 1 to 100 layers); R_f/R_b is "
+            f"{cheaper} 1.")
+
+
+def depth_sweep_section(exp_dir: Path) -> list[str]:
+    """Markdown body for the depth sweep: one table per batch size, and a generated summary."""
+    result = load_depth_sweep(exp_dir)
+    if result is None:
+        return []
+    cfg = result.get("config", {})
+    lines = [f"MLP of width {cfg.get('width', '?')}, depth = number of hidden layers; R = "
+             "median step time / median time of f (interleaved rounds); memory from XLA's "
+             "analysis of the compiled step (arguments + outputs − donated + temporaries), "
+             "split into parameter-sized buffers (parameters, tangents, gradient, update) and "
+             "the rest (activations and working set). The batch is an argument, so the data "
+             "set never counts."]
+    for b in sorted({r["batch_size"] for r in result["rows"]}):
+        s = depth_series(result, b)
+        lines += ["", f"### batch {b}", ""]
+        lines += markdown_table(DEPTH_HEADER, [_depth_row(s, i) for i in range(len(s["depth"]))])
+        lines += ["", _depth_sentence(s, b)]
+    return lines
+
+
 @dataclass(frozen=True)
 class Section:
     """One experiment of the report: results folder ``OUT/name``, title, Markdown body."""
@@ -1086,6 +1181,8 @@ SECTIONS: list[Section] = [
             k_sweep_section),
     Section("lr_sweep", "Learning-rate sweep per method on the MLP (beyond the paper)",
             lr_sweep_section),
+    Section("depth_sweep", "Depth sweep: runtime cost and memory vs MLP depth (paper Figure 6)",
+            depth_sweep_section),
 ]
 
 

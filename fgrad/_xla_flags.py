@@ -70,8 +70,9 @@ def configure_xla_flags(environ: MutableMapping[str, str] | None = None) -> str:
     """
     env = os.environ if environ is None else environ
     if env.get(SWITCH, "1") != "0":
-        env["XLA_FLAGS"] = merged_flags(env.get("XLA_FLAGS", ""))
-        if environ is None and _backend_initialized():
+        before = env.get("XLA_FLAGS", "")
+        env["XLA_FLAGS"] = merged_flags(before)
+        if environ is None and env["XLA_FLAGS"] != before and _backend_initialized():
             warnings.warn("configure_xla_flags() ran after JAX initialized its backend: the "
                           "XLA flags apply only to new processes", stacklevel=2)
     return env.get("XLA_FLAGS", "")
