@@ -8,23 +8,29 @@ Run:
                                                  # Rademacher, 20,000 steps, 3 seeds
 
 The mean variants use the paper's η₀ = 2e-4 (as the forward gradient in mlp.py). The projection
-P∇ is a descent direction no longer than ∇ (E[P∇] = (K/n)∇), so it gets a backprop-scale
-η₀ = 0.05; backprop runs at both rates.
+P∇ = V(VᵀV)⁻¹Vᵀ∇ is shorter by a factor K/n: E[P∇] = (K/n)∇, and for K ≪ n, VᵀV ≈ n·I, so
+P∇ ≈ (K/n)·(mean estimate). It therefore runs at η₀ = 2e-4·n/K (n = 1,863,690 parameters),
+the step size at which it takes the mean estimate's steps, so the two combines are compared at
+equal step lengths. Backprop runs at 2e-4 (the paper's shared rate) and 0.05 (near its best,
+see lr_sweep.py).
 """
 
 import sys
 
 from fgrad import experiment_cli, mnist_defaults
 
+MLP_PARAMS = 1_863_690  # 784-1024-1024-10 (tests/test_models.py checks the count)
+ETA = 2e-4
+
 
 def _fg(k: int, combine: str = "mean", distribution: str = "normal") -> dict:
-    lrs = [2e-4] if combine == "mean" else [0.05]
+    lrs = [ETA] if combine == "mean" else [float(f"{ETA * MLP_PARAMS / k:.4g}")]
     return {"name": f"fg-{distribution}-K{k}-{combine}", "method": "forward",
             "num_tangents": k, "combine": combine, "distribution": distribution,
             "learning_rates": lrs}
 
 
-BACKPROP = {"name": "backprop", "method": "backprop", "learning_rates": [2e-4, 0.05]}
+BACKPROP = {"name": "backprop", "method": "backprop", "learning_rates": [ETA, 0.05]}
 PRESETS = {
     "cpu": {"steps": 1_000, "seeds": [0], "eval_every": 500,
             "variants": [BACKPROP, _fg(1), _fg(4), _fg(4, "projection"),
@@ -41,7 +47,7 @@ def get_config(preset: str = "cpu") -> dict:
         "name": "k_sweep",
         "model": "mlp",
         "model_kwargs": {"width": 1024, "depth": 2},
-        "learning_rates": [2e-4],
+        "learning_rates": [ETA],
         "diagnostics_every": 100,  # cosine with the true gradient, logged apart from the timing
         **PRESETS[preset],
     }

@@ -99,9 +99,13 @@ def run_experiment(cfg: Config, out_dir: str | Path, force: bool = False,
         return out_dir
     from fgrad._mnist import load_mnist
     from fgrad._train import train_run
-    todo = []
-    for run in mnist_runs(cfg):
-        if force or not is_done(out_dir / f"{run[3]}.json"):
+    todo, runs = [], mnist_runs(cfg)
+    names = {f"{run[3]}.json" for run in runs}
+    for stale in sorted(p.name for p in out_dir.glob("*.json") if p.name not in names):
+        print(f"[stale] {out_dir / stale} is not a run of this config, but figures and the "
+              "report still read it: delete it (and its .jsonl) if it is not wanted")
+    for run in runs:
+        if force or not is_done(out_dir / f"{run[3]}.json", run[0]):
             todo.append(run)
         else:
             print(f"[skip] {out_dir / run[3]} is complete (FORCE=1 / --force reruns it)")

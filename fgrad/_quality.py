@@ -126,7 +126,7 @@ def run_estimator_quality(cfg: dict[str, Any], out_dir: str | Path, force: bool 
     data = None
     for model_name, settings in cfg["models"].items():
         path = out_dir / f"{model_name}.json"
-        if not force and is_done(path):
+        if not force and is_done(path, cfg):
             print(f"[skip] {path} is complete (FORCE=1 / --force reruns it)")
             continue
         data = data or load_mnist(mnist_dir)

@@ -76,12 +76,19 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
-def is_done(summary_path: str | os.PathLike) -> bool:
-    """True when the summary exists and its run finished (complete or diverged)."""
+def is_done(summary_path: str | os.PathLike, config: dict[str, Any] | None = None) -> bool:
+    """True when the summary exists, its run finished (complete or diverged) and, if
+    ``config`` is given, it was made with that config (a changed config is rerun)."""
     try:
-        return read_json(summary_path).get("status") in DONE
+        summary = read_json(summary_path)
     except ResultsError:
         return False
+    if summary.get("status") not in DONE:
+        return False
+    if config is not None and summary.get("config") != _clean(config):
+        print(f"[rerun] {summary_path}: made with another config")
+        return False
+    return True
 
 
 class JsonlWriter:

@@ -87,7 +87,8 @@ def run_test_functions(cfg: dict[str, Any], out_dir: str | Path, force: bool = F
     for fn_name, fn_cfg in cfg["functions"].items():
         for method in cfg["methods"]:
             name = f"{fn_name}_{method}"
-            if not force and is_done(out_dir / f"{name}.json"):
+            if not force and is_done(out_dir / f"{name}.json",
+                                     {**cfg, "functions": {fn_name: fn_cfg}}):
                 print(f"[skip] {out_dir / name} is complete (FORCE=1 / --force reruns it)")
                 continue
             res = run_trajectories(fn_name, method, fn_cfg, cfg)

@@ -6,11 +6,13 @@ import functools
 import math
 from typing import Any
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fgrad._mnist import load_mnist
 from fgrad._models import (
     CNN,
     MLP,
@@ -20,6 +22,7 @@ from fgrad._models import (
     cross_entropy_loss,
     init_params,
     make_model,
+    max_pool_2x2,
 )
 
 BATCH = 8
@@ -175,3 +178,43 @@ def test_jvp_matches_grad_dot_v(name: str, kwargs: dict, count: int) -> None:
     assert abs(expected) > 1e-3 * g_norm  # a non-degenerate direction, so the check has teeth
     # ∇f·v ~ N(0, |∇f|²) for a normal v, so |∇f| is its natural scale (float32 error ≈ 1e-6 of it).
     np.testing.assert_allclose(float(directional), expected, rtol=1e-4, atol=1e-4 * g_norm)
+
+
+def test_max_pool_2x2_matches_flax_values_and_ties() -> None:
+    x = jax.random.normal(jax.random.key(0), (2, 6, 4, 3))
+    x = x.at[0, 0:2, 0:2, 0].set(1.5)  # a window of four equal maxima
+    np.testing.assert_array_equal(np.asarray(max_pool_2x2(x)),
+                                  np.asarray(flax.linen.max_pool(x, (2, 2), strides=(2, 2))))
+    g = jax.grad(lambda y: max_pool_2x2(y).sum())(x)
+    np.testing.assert_allclose(np.asarray(g[0, 0:2, 0:2, 0]), 0.25)  # ties share the gradient
+    assert float(g.sum()) == pytest.approx(2 * 3 * 2 * 3)
+
+
+class _FlaxPoolCNN(flax.linen.Module):
+    """The paper's CNN written with ``nn.max_pool`` (the reference for max_pool_2x2)."""
+
+    @flax.linen.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        nn = flax.linen
+        for _ in range(2):
+            for _ in range(2):
+                x = nn.relu(nn.Conv(64, (3, 3), padding="SAME")(x))
+            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = nn.relu(nn.Dense(1024)(x.reshape((x.shape[0], -1))))
+        return nn.Dense(10)(x)
+
+
+def test_cnn_gradients_equal_flax_max_pool_on_real_mnist(mnist_dir) -> None:
+    data = load_mnist(mnist_dir)
+    ours, ref = cross_entropy_loss(CNN()), cross_entropy_loss(_FlaxPoolCNN())
+    grad_ours, grad_ref = jax.jit(jax.grad(ours)), jax.jit(jax.grad(ref))
+    params = init_params(CNN(), jax.random.key(0))
+    for step in range(12):  # at init, then along a backprop SGD path
+        images = jnp.asarray(data.train_images[64 * step:64 * (step + 1)])
+        labels = jnp.asarray(data.train_labels[64 * step:64 * (step + 1)])
+        g1, g2 = grad_ours(params, images, labels), grad_ref(params, images, labels)
+        if step % 4 == 0:
+            for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+                np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                                           atol=1e-6 * float(jnp.max(jnp.abs(b))))
+        params = jax.tree.map(lambda p, g: p - 0.05 * g, params, g2)

@@ -247,6 +247,10 @@ def test_reproduce_resumes_after_an_interruption(tmp_path: Path, monkeypatch):
     assert drawn == [out]
     report = (out / "REPORT.md").read_text()
     assert "| beale | forward gradient |" in report and "wall time" in report
+    calls[:] = []
+    tiny["functions"]["beale"]["steps"] = 50  # a changed config is rerun, not skipped
+    run()
+    assert calls == ["beale_forward", "beale_backprop"]
 
 
 # ----------------------------------------------------------------------------- beyond the paper
