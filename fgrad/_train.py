@@ -35,13 +35,13 @@ PyTree = Any
 # Steps per compiled call, by (model, backend); chosen by measurement (experiments/bench.py,
 # results/bench/cpu-amd-epyc-2c.md, "Loop style" table: every step method of a model timed one
 # step per call from a Python loop and as a lax.scan, batch 64, XLA:CPU with fgrad's flags):
-# * logreg: a scan of 50 is 1.6–2.2× faster per step than a Python loop (the ~50 µs dispatch
+# * logreg: a scan of 50 is 1.6–2.7× faster per step than a Python loop (the ~50 µs dispatch
 #   per call is larger than the step itself) → scan (the fallback).
-# * mlp: a scan is 1.06–1.18× faster for every method → scan (the fallback).
-# * cnn: the backprop step inside a scan is ~47× slower (8.9 s vs 0.19 s per step): inside
+# * mlp: a scan is 1.01–1.29× faster for every method → scan (the fallback).
+# * cnn: the backprop step inside a scan is ~56× slower (9.7 s vs 0.17 s per step): inside
 #   the while loop XLA:CPU gets the weight-gradient convolution in a layout (f01b_i01o->01bf)
 #   its Eigen convolution does not take and falls back to a naive loop. f and the
-#   forward-gradient steps are only 6–9 % faster in a scan, so one step per call keeps every
+#   forward-gradient steps are only 4–7 % faster in a scan, so one step per call keeps every
 #   method within 1.2× of its fastest loop style.
 # Other backends use the fallback (a scan amortises dispatch; not yet measured on GPU).
 DEFAULT_STEPS_PER_CALL = {("cnn", "cpu"): 1}
@@ -256,7 +256,9 @@ def train_run(cfg: dict[str, Any], data: Mnist, method: str, learning_rate: floa
         "learning_rate": learning_rate, "seed": seed, "status": "running", "steps": steps,
         "steps_done": 0, "num_params": n_params, "steps_per_call": chunk,
         "compile_s": compile_s, "config": cfg, "env": environment(),
-        "memory": {"step_xla": compiled_memory(step_fn)},
+        "memory": {"step_xla": compiled_memory(step_fn),
+                   # the on-device training set (images, labels, permutations): a step argument
+                   "data_bytes": sum(int(x.nbytes) for x in jax.tree.leaves(train))},
     }
     summary_path = out_dir / f"{name}.json"
     write_json(summary_path, summary)

@@ -11,7 +11,8 @@ The flags, measured with ``experiments/bench.py`` and ``experiments/depth_sweep.
   for dot products but not for convolutions and reductions. With the default set, the
   weight-gradient convolutions of the CNN's backward pass run in YNNPACK at ~3 GFLOP/s (a
   tenth of the forward convolutions' rate; the CNN backprop step is 15× f at batch 64, 33× at
-  1024); without it they run in XLA's Eigen convolution (backprop 4.4× and 4.6× f).
+  1024, with flax's max-pool); without it they run in XLA's Eigen convolution (backprop
+  4.4× and 4.6× f; 3.8× and 3.9× with fgrad's reshape max-pool, ``_models.max_pool_2x2``).
   Gradients are unchanged up to float32 summation order (checked in tests/test_bench.py).
   Dots stay in YNNPACK: turning it off entirely makes the MLP's backprop step 1.5× slower
   (Eigen's transposed-operand dot).

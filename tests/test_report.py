@@ -63,6 +63,7 @@ def _write_mnist_run(exp_dir: Path, method: str, seed: int) -> None:
         "experiment": "mlp", "model": "mlp", "method": method, "learning_rate": LR,
         "seed": seed, "config": {"batch_size": 64}, "env": ENV, "ms_per_step": 1e3 * sec,
         "f_ms": f_ms, "memory": {"step_xla": {"peak_estimate": (100 + seed) * 2**20},
+                                 "data_bytes": 40 * 2**20,
                                  "process_peak_rss": 2**30, "device_peak": None}})
 
 
@@ -161,6 +162,9 @@ def test_report_shows_the_numbers_of_the_results(results: Path):
     assert "backprop_lr0.0002_seed2.json`: incomplete (40 of 300 steps" in text
     assert f"{np.mean([2.0, 2.1]):.4g} ± {np.std([2.0, 2.1]):.2g}" in rows[
         "forward-gradient step, ms"]
+    # Step memory: XLA's peak less the training set (seeds 0, 1 → 60, 61 MiB).
+    assert f"| {np.mean([60, 61]):.4g} ± {np.std([60, 61]):.2g} |" in rows[
+        "memory of one step beyond the training set (XLA estimate), MiB, forward gradient"]
     # Test functions: final f(x) mean ± std and µs per iteration of each (function, method).
     for fn in ("beale", "rosenbrock"):
         for method, label in (("forward", "forward gradient"), ("backprop", "backprop")):
