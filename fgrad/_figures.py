@@ -181,8 +181,8 @@ def _new_figure(rows: int, cols: int) -> tuple[Figure, np.ndarray]:
     width, height = PANEL_SIZE[0] * cols, PANEL_SIZE[1] * rows + 0.4
     fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)
-    fig.subplots_adjust(left=0.75 / width, right=1 - 0.15 / width, bottom=0.55 / height,
-                        top=1 - 0.75 / height, wspace=0.3, hspace=0.5)
+    fig.subplots_adjust(left=0.95 / width, right=1 - 0.15 / width, bottom=0.55 / height,
+                        top=1 - 0.75 / height, wspace=0.38, hspace=0.5)
     return fig, fig.subplots(rows, cols, squeeze=False)
 
 

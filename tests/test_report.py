@@ -204,6 +204,8 @@ def test_missing_or_malformed_results_name_the_file(results: Path, damage: str):
         make_figures(results)
 
 
+# main() sets the XLA flags first; in a test process JAX already runs, which it rightly warns of.
+@pytest.mark.filterwarnings("ignore:configure_xla_flags\\(\\) ran after JAX:UserWarning")
 def test_cli_errors_are_one_line(results: Path, capsys):
     reproduce = _load_reproduce()
     assert reproduce.main(["--only", "nope", "--out", str(results)]) == 2
