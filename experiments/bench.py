@@ -2,7 +2,7 @@
 
 Run:
   python experiments/bench.py                 # full: logreg, mlp, cnn at B = 64 and 1024
-                                              #   (~10 min on a 2-core CPU) → results/bench
+                                              #   (~6 min on a 2-core CPU) → results/bench
   python experiments/bench.py --quick         # CI smoke test: tiny rounds, B = 64 (< 60 s)
   python experiments/bench.py --models mlp --batch-sizes 64 --out /tmp/bench
   FGRAD_XLA_FLAGS=0 python experiments/bench.py   # XLA's default flags (no fgrad flags)

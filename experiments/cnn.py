@@ -2,7 +2,7 @@
 ReLU, 2×2 max-pool after the 2nd and 4th, dense 1024 + ReLU, dense 10.
 
 Run:
-  python experiments/cnn.py --preset cpu     # ~5 min on a 2-core CPU → results/cpu/cnn
+  python experiments/cnn.py --preset cpu     # ~2 min on a 2-core CPU → results/cpu/cnn
   python experiments/cnn.py --preset paper   # 20,000 iterations, 5 seeds (a GPU job)
 
 SGD, batch 64, η_i = η₀·e^(−ik) with k = 1e-4; η₀ = 2e-4 (our choice: the paper's CNN rate is not

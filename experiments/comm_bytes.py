@@ -2,7 +2,7 @@
 paper), for the paper's MLP (784-1024-1024-10) and CNN.
 
 Run:
-  python experiments/comm_bytes.py                 # ~2 min on a 2-core CPU
+  python experiments/comm_bytes.py                 # ~1 min on a 2-core CPU
                                                    # → results/comm/allreduce_bytes.json
   python experiments/comm_bytes.py --devices 8 --out results/comm8
 

@@ -2,7 +2,7 @@
 
 Run:
   python experiments/depth_sweep.py --preset cpu     # width 1024, depths 1–32, B = 64 and 1024
-                                                     #   (~5 min on a 2-core CPU)
+                                                     #   (~4 min on a 2-core CPU)
                                                      #   → results/cpu/depth_sweep/depth_sweep.json
   python experiments/depth_sweep.py --preset paper   # depths 1, 2, 5, 10, 20, 50, 100
   python experiments/depth_sweep.py --preset cpu --out /tmp/ds --depths 1 2 4 --batch-sizes 64

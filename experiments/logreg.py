@@ -1,7 +1,7 @@
 """Multinomial logistic regression (784→10) on MNIST, forward gradient vs backprop.
 
 Run:
-  python experiments/logreg.py --preset cpu     # ~1 min on a 2-core CPU → results/cpu/logreg
+  python experiments/logreg.py --preset cpu     # ~10 s on a 2-core CPU → results/cpu/logreg
   python experiments/logreg.py --preset paper   # 25,000 iterations, 5 seeds
 
 SGD, batch 64, η_i = η₀·e^(−ik) with k = 1e-4. The paper's η₀ for this model is not stated in

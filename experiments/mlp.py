@@ -1,7 +1,7 @@
 """MLP 784-1024-1024-10 (ReLU) on MNIST, forward gradient vs backprop.
 
 Run:
-  python experiments/mlp.py --preset cpu      # ~3 min on a 2-core CPU → results/cpu/mlp
+  python experiments/mlp.py --preset cpu      # ~2 min on a 2-core CPU → results/cpu/mlp
   python experiments/mlp.py --preset paper    # 20,000 iterations, η₀ ∈ {2e-5, 2e-4}, 5 seeds
   python experiments/mlp.py --help            # overrides: --steps --lr --seeds --method ...
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fgrad import run_experiment
+from fgrad._experiment import PRESETS, add_common_arguments
 from fgrad._figures import make_figures
 from fgrad._report import write_report
 from fgrad._results import ResultsError, read_json, write_json
@@ -34,9 +35,7 @@ HERE = Path(__file__).resolve().parent
 # The experiments, in run order: each is HERE/<name>.py with get_config(preset), and writes
 # OUT/<name>/. Append new ones here (and give them a report section and a figure).
 EXPERIMENTS = ["test_functions", "logreg", "mlp", "cnn", "depth_sweep", "estimator_quality",
-               "k_sweep",
-               "lr_sweep"]
-PRESETS = ("cpu", "paper")
+               "k_sweep", "lr_sweep"]
 
 Config = dict[str, Any]
 ConfigLoader = Callable[[str], Callable[[str], Config]]
@@ -144,16 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="cpu", choices=PRESETS,
-                   help="cpu: short runs for a 2-core CPU; paper: the paper's settings")
-    p.add_argument("--out", help="results folder (default results/<preset>)")
-    p.add_argument("--force", action="store_true", help="rerun runs whose results are complete")
+    add_common_arguments(p, "results/<preset>")
     p.add_argument("--figures-only", action="store_true",
                    help="only redraw the figures and REPORT.md from the results files")
     p.add_argument("--only", metavar="NAME[,NAME]",
                    help=f"run only these experiments (of {', '.join(EXPERIMENTS)})")
-    p.add_argument("--mnist-dir", help="directory of the four MNIST IDX files (default: "
-                   "$FGRAD_MNIST_DIR, else download with TFDS)")
     args = p.parse_args(argv)
     configure_xla_flags()  # the flags the benchmark chose, before JAX runs anything
     out = Path(args.out or Path("results") / args.preset)

@@ -169,6 +169,16 @@ def _overrides(cfg: Config, args: argparse.Namespace) -> Config:
     return cfg
 
 
+def add_common_arguments(p: argparse.ArgumentParser, default_out: str) -> None:
+    """The options every entry point shares: --preset, --out, --force, --mnist-dir."""
+    p.add_argument("--preset", default="cpu", choices=PRESETS,
+                   help="cpu: short runs for a 2-core CPU; paper: the paper's settings")
+    p.add_argument("--out", help=f"results directory (default {default_out})")
+    p.add_argument("--force", action="store_true", help="rerun runs whose results are complete")
+    p.add_argument("--mnist-dir", help="directory of the four MNIST IDX files (default: "
+                   "$FGRAD_MNIST_DIR, else download with TFDS)")
+
+
 def experiment_cli(get_config: Callable[[str], Config], doc: str | None = None,
                    argv: list[str] | None = None) -> int:
     """The command line of an experiment script: preset, overrides, output directory.
@@ -183,12 +193,7 @@ def experiment_cli(get_config: Callable[[str], Config], doc: str | None = None,
     """
     p = argparse.ArgumentParser(description=doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="cpu", choices=PRESETS,
-                   help="cpu: short runs for a 2-core CPU; paper: the paper's settings")
-    p.add_argument("--out", help="results directory (default results/<preset>/<experiment>)")
-    p.add_argument("--force", action="store_true", help="rerun runs whose results are complete")
-    p.add_argument("--mnist-dir", help="directory of the four MNIST IDX files (default: "
-                   "$FGRAD_MNIST_DIR, else download with TFDS)")
+    add_common_arguments(p, "results/<preset>/<experiment>")
     p.add_argument("--steps", type=int, help="training steps (iterations) per run")
     p.add_argument("--lr", type=float, nargs="+", help="learning rate(s) η₀")
     p.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
