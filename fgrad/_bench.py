@@ -149,9 +149,7 @@ def _sample_fn(method: Method, scan_steps: int) -> Callable:
 def _step_parts(method: Method, loss_fn: Callable, params: PyTree, batch_size: int,
                 seed: int) -> tuple[Callable, TrainState]:
     """The training step (``make_train_step``) of a step method and its initial state."""
-    cfg = {} if method.source == "backprop" else {
-        "distribution": method.distribution, "num_tangents": method.num_tangents}
-    tx = make_optimizer(make_source(method.source, seed, cfg), BENCH_LEARNING_RATE)
+    tx = make_optimizer(make_source(method.source, seed, method._asdict()), BENCH_LEARNING_RATE)
     state = TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
     return make_train_step(loss_fn, tx, batch_size), state
 

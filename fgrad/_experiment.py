@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from fgrad._results import ResultsError, is_done
-from fgrad._schedules import check_learning_rate
+from fgrad._schedules import OPTIMIZERS, check_learning_rate
 from fgrad._sources import METHODS
+from fgrad._tangents import DISTRIBUTIONS
 from fgrad._xla_flags import configure_xla_flags
 
 PRESETS = ("cpu", "paper")
@@ -134,7 +135,7 @@ def check_config(cfg: Config) -> None:
         lrs = [f["learning_rate"] for f in cfg["functions"].values()]
     else:
         methods = [v["method"] for v in variants(cfg)]
-        lrs = [lr for run_cfg, *_ in mnist_runs(cfg) for lr in run_cfg["learning_rates"]]
+        lrs = [lr for _, lr, _, _ in mnist_runs(cfg)]
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}: use one of {', '.join(METHODS)}")
@@ -202,8 +203,8 @@ def experiment_cli(get_config: Callable[[str], Config], doc: str | None = None,
     p.add_argument("--steps-per-call", dest="steps_per_call", type=int,
                    help="training steps per compiled call (default: measured per model/backend)")
     p.add_argument("--num-tangents", dest="num_tangents", type=int, help="K tangents per step")
-    p.add_argument("--distribution", choices=("normal", "rademacher"))
-    p.add_argument("--optimizer", choices=("sgd", "adam"))
+    p.add_argument("--distribution", choices=DISTRIBUTIONS)
+    p.add_argument("--optimizer", choices=tuple(OPTIMIZERS))
     p.add_argument("--eval-every", dest="eval_every", type=int)
     p.add_argument("--data-parallel", dest="data_parallel", type=int, metavar="N",
                    help="split each batch over N devices (all hosts' devices when launched on "

@@ -40,7 +40,6 @@ from fgrad._report import (
     Excluded,
     MnistRun,
     TrajectoryRun,
-    best_loss,
     best_rates,
     depth_series,
     group_runs,
@@ -49,9 +48,9 @@ from fgrad._report import (
     load_mnist_runs,
     load_quality,
     load_trajectories,
+    lr_stats,
     run_variant,
     smoothed_loss,
-    time_to_reach,
 )
 
 COLORS = {"forward": "#d62728", "backprop": "#1f77b4"}
@@ -258,22 +257,6 @@ def _mnist_curves(runs: Sequence[MnistRun], window: int = SMOOTH_WINDOW
             "acc": _stack([r.test_acc for r in runs])}
 
 
-def _reach_times(seeds: dict[int, dict[str, MnistRun]]) -> dict[str, float | None]:
-    """Mean over seeds (with both methods) of each method's time to backprop's best loss;
-    inf when forward gradient reaches it in no seed."""
-    times: dict[str, list[float]] = {m: [] for m in METHODS}
-    for runs in seeds.values():
-        if all(m in runs for m in METHODS):
-            target = best_loss(runs["backprop"])
-            for m in METHODS:
-                times[m].append(time_to_reach(runs[m], target))
-    out: dict[str, float | None] = {}
-    for m, ts in times.items():
-        finite = [t for t in ts if np.isfinite(t)]
-        out[m] = float(np.mean(finite)) if finite else (np.inf if ts else None)
-    return out
-
-
 def _mnist_row(axes: Sequence[Axes], lr: float, seeds: dict[int, dict[str, MnistRun]]) -> None:
     by_method = {m: [runs[m] for _, runs in sorted(seeds.items()) if m in runs] for m in METHODS}
     smooth = f"training loss (mean of {SMOOTH_WINDOW} steps)"
@@ -286,7 +269,9 @@ def _mnist_row(axes: Sequence[Axes], lr: float, seeds: dict[int, dict[str, Mnist
         band(axes[1], c["loss_time"].mean(axis=0), c["loss"], method, label)
         band(axes[2], c["step"], c["time"], method, label)
         band(axes[3], c["eval_time"].mean(axis=0), c["acc"], method, label)
-    mark_times(axes[1], _reach_times(seeds))
+    stats = lr_stats(seeds)  # T_f, T_b: the report's numbers (mean over seeds; inf: never)
+    mark_times(axes[1], {m: (s.mean if (s := stats.get(f"T_{m[0]}")) else None)
+                         for m in METHODS})
     tag = f"η₀ = {lr:g}"
     style_axes(axes[0], "iteration", smooth, f"loss vs iterations ({tag})", logy=True)
     style_axes(axes[1], "wall time (s)", smooth, f"loss vs time ({tag})", logy=True)
@@ -375,14 +360,10 @@ def _curves(runs: Sequence[MnistRun]) -> Curves:
             for v, by_lr in group_variants(runs).items() for lr, seeds in by_lr.items()}
 
 
-def load_complete_runs(exp_dir: Path) -> list[MnistRun]:
-    """The complete runs of a sweep folder."""
-    return load_mnist_runs(exp_dir)[0]
-
-
-def plot_k_sweep(runs: list[MnistRun], name: str) -> Figure | None:
+def plot_k_sweep(data: tuple[list[MnistRun], list[Excluded]], name: str) -> Figure | None:
     """Multi-tangent sweep: loss vs iterations, loss vs time, cosine vs iterations, one curve
-    per (variant, η₀)."""
+    per (variant, η₀); runs left out are not drawn."""
+    runs, _ = data
     if not runs:
         return None
     curves = _curves(runs)
@@ -420,11 +401,6 @@ def _final_loss_panel(ax: Axes, runs: Sequence[MnistRun], excluded: Sequence[Exc
     ax.set_xscale("log")
     style_axes(ax, "η₀ (log scale)", "final training loss (mean of last 100 steps)",
                "final training loss vs η₀", logy=True)
-
-
-def load_sweep(exp_dir: Path) -> tuple[list[MnistRun], list[Excluded]]:
-    """A learning-rate sweep's complete runs and the runs left out (drawn as crosses)."""
-    return load_mnist_runs(exp_dir)
 
 
 def plot_lr_sweep(data: tuple[list[MnistRun], list[Excluded]], name: str) -> Figure | None:
@@ -581,8 +557,8 @@ FIGURES: dict[str, FigureSpec] = {
     "mlp": MNIST_FIGURE,
     "cnn": MNIST_FIGURE,
     "estimator_quality": FigureSpec(load_quality, plot_quality),
-    "k_sweep": FigureSpec(load_complete_runs, plot_k_sweep),
-    "lr_sweep": FigureSpec(load_sweep, plot_lr_sweep),
+    "k_sweep": FigureSpec(load_mnist_runs, plot_k_sweep),
+    "lr_sweep": FigureSpec(load_mnist_runs, plot_lr_sweep),
     "depth_sweep": FigureSpec(load_depth_sweep, plot_depth_sweep),
 }
 

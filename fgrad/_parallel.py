@@ -13,7 +13,7 @@ built with ``axis_name="data"``, is the only place devices communicate:
 
 For D devices with equal shards, mean_d(f_d) is the loss on the global batch, so both methods
 compute the same update as one device on the global batch (up to float rounding).
-:func:`allreduce_bytes` reads the communication volume off the compiled HLO.
+:func:`allreduce_sizes` reads the communication volume off the compiled HLO.
 
 Several hosts: :func:`init_distributed` calls ``jax.distributed.initialize`` when the
 environment names a coordinator (or a SLURM / Open MPI job, or ``FGRAD_DISTRIBUTED=auto``);
@@ -35,7 +35,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fgrad._models import cross_entropy_loss, init_params
+from fgrad._models import IMAGE_SHAPE, NUM_CLASSES, cross_entropy_loss, init_params
 from fgrad._schedules import make_optimizer
 from fgrad._sources import make_source
 
@@ -188,19 +188,6 @@ def allreduce_sizes(hlo_text: str) -> list[int]:
     return sizes
 
 
-def allreduce_bytes(compiled: Any) -> int:
-    """Total bytes all-reduced by one call of a compiled function (``compiled.as_text()``).
-
-    Args:
-      compiled: a ``jax.stages.Compiled`` (``jax.jit(f).lower(...).compile()``).
-
-    Returns:
-      The sum over its all-reduce ops of their operand bytes (an op in a loop body counts once,
-      i.e. per iteration).
-    """
-    return sum(allreduce_sizes(compiled.as_text()))
-
-
 def distributed_args(environ: Mapping[str, str]) -> dict[str, Any] | None:
     """The ``jax.distributed.initialize`` arguments the environment asks for, or None.
 
@@ -258,7 +245,7 @@ def init_distributed(environ: Mapping[str, str] | None = None) -> bool:
 
 class SyntheticRun(NamedTuple):
     """What :func:`train_synthetic` returns: flat float32 params before and after training, and
-    the compiled training step (for :func:`allreduce_bytes`)."""
+    the compiled training step (for :func:`allreduce_sizes`)."""
 
     initial: np.ndarray
     final: np.ndarray
@@ -299,8 +286,8 @@ def train_synthetic(model: nn.Module, method: str, cfg: dict[str, Any], mesh: Me
     tx = make_optimizer(make_source(method, seed, cfg, None if mesh is None else DATA_AXIS),
                         learning_rate, decay=0.0)
     state = TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
-    data = Data(jax.random.uniform(k_x, (n, 28, 28, 1), jnp.float32),
-                jax.random.randint(k_y, (n,), 0, 10, jnp.int32),
+    data = Data(jax.random.uniform(k_x, (n, *IMAGE_SHAPE), jnp.float32),
+                jax.random.randint(k_y, (n,), 0, NUM_CLASSES, jnp.int32),
                 epoch_permutations(k_data, n, batch_size, steps))
     if mesh is None:
         step = make_train_step(loss_fn, tx, batch_size)

@@ -72,15 +72,17 @@ def _trained(model, loss_fn, params, images, labels, cfg):
     b = cfg["batch_size"]
 
     @jax.jit
-    def step(params, state, i):
+    def step(params, state, images, labels, i):  # the data as arguments, not baked-in constants
         x = jax.lax.dynamic_slice_in_dim(images, i * b, b)
         y = jax.lax.dynamic_slice_in_dim(labels, i * b, b)
         updates, state = tx.update(params, state, params, value_fn=lambda p: loss_fn(p, x, y))
         return optax.apply_updates(params, updates), state
 
     state = tx.init(params)
+    images, labels = jnp.asarray(images), jnp.asarray(labels)
     for i in range(int(cfg["train_steps"])):
-        params, state = step(params, state, i + 1)  # batch 0 is the measurement batch
+        # batch 0 is the measurement batch
+        params, state = step(params, state, images, labels, i + 1)
     return params
 
 

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from fgrad._functions import MINIMA
-from fgrad._results import ResultsError, read_json, read_jsonl
+from fgrad._results import ResultsError, read_json, read_jsonl, write_text_atomic
 
 SMOOTH_WINDOW = 100
 METHODS = ("forward", "backprop")
@@ -1075,8 +1075,6 @@ DEFINITIONS = (
 
 # ----------------------------------------------------------------------------- depth sweep
 
-MIB = 2.0**20
-
 
 def load_depth_sweep(exp_dir: str | Path) -> dict[str, Any] | None:
     """``exp_dir/depth_sweep.json`` (None when absent), checked for its rows."""
@@ -1278,9 +1276,6 @@ def write_report(out: str | Path, preset: str | None = None, command: str | None
                  ) -> Path:
     """Writes ``out/REPORT.md`` from the results under ``out``; returns its path."""
     path = Path(out) / "REPORT.md"
-    text = report_markdown(out, preset, command)
-    tmp = path.with_suffix(".md.partial")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text_atomic(path, report_markdown(out, preset, command))
     return path
 

@@ -34,13 +34,19 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def write_json(path: str | os.PathLike, obj: dict[str, Any]) -> None:
-    """Writes ``obj`` as indented JSON, atomically (a temp file renamed over the target)."""
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temp file renamed over it, so a reader never sees
+    half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".partial")
-    tmp.write_text(json.dumps(_clean(obj), indent=1) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: str | os.PathLike, obj: dict[str, Any]) -> None:
+    """Writes ``obj`` as indented JSON, atomically (:func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(_clean(obj), indent=1) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:

@@ -215,6 +215,10 @@ def train_run(cfg: dict[str, Any], data: Mnist, method: str, learning_rate: floa
     if steps % chunk or eval_every % chunk:
         raise ValueError(f"steps ({steps}) and eval_every ({eval_every}) must be multiples of "
                          f"steps_per_call ({chunk})")
+    diag_every = int(cfg.get("diagnostics_every") or 0) if method == "forward" else 0
+    if diag_every % chunk:
+        raise ValueError(f"diagnostics_every ({diag_every}) must be a multiple of "
+                         f"steps_per_call ({chunk})")
 
     model = make_model(cfg["model"], **cfg.get("model_kwargs", {}))
     k_params, k_data = jax.random.split(jax.random.key(seed))
@@ -241,10 +245,6 @@ def train_run(cfg: dict[str, Any], data: Mnist, method: str, learning_rate: floa
     eval_fn = jax.jit(make_eval_fn(model, min(n_eval, 1000))).lower(state.params, test_x,
                                                                     test_y).compile()
     compile_s = time.perf_counter() - t0
-    diag_every = int(cfg.get("diagnostics_every") or 0) if method == "forward" else 0
-    if diag_every % chunk:
-        raise ValueError(f"diagnostics_every ({diag_every}) must be a multiple of "
-                         f"steps_per_call ({chunk})")
     if diag_every:  # compiled apart from the step, so the step never traces a backward pass
         diag_src = make_source(method, seed, {**cfg, "diagnostics": True})
         diag_fn = jax.jit(make_diagnostics_fn(loss_fn, diag_src, batch_size))
@@ -284,8 +284,9 @@ def train_run(cfg: dict[str, Any], data: Mnist, method: str, learning_rate: floa
                                **jax.device_get(diag_fn(state, train))})
                 t = time.perf_counter()
                 state, losses = step_fn(state, train)
-                losses = np.asarray(jax.block_until_ready(losses))
+                jax.block_until_ready(losses)
                 start, elapsed = elapsed, elapsed + time.perf_counter() - t
+                losses = np.asarray(losses)  # the host copy after the clock stops
                 # Inside one call, per-step times are interpolated between measured boundaries.
                 times = start + (elapsed - start) * np.arange(1, chunk + 1) / chunk
                 if first_loss is None:

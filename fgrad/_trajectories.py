@@ -86,9 +86,8 @@ def run_test_functions(cfg: dict[str, Any], out_dir: str | Path, force: bool = F
     env = environment()
     for fn_name, fn_cfg in cfg["functions"].items():
         for method in cfg["methods"]:
-            name = f"{fn_name}_{method}"
-            if not force and is_done(out_dir / f"{name}.json",
-                                     {**cfg, "functions": {fn_name: fn_cfg}}):
+            name, part_cfg = f"{fn_name}_{method}", {**cfg, "functions": {fn_name: fn_cfg}}
+            if not force and is_done(out_dir / f"{name}.json", part_cfg):
                 print(f"[skip] {out_dir / name} is complete (FORCE=1 / --force reruns it)")
                 continue
             res = run_trajectories(fn_name, method, fn_cfg, cfg)
@@ -97,7 +96,7 @@ def run_test_functions(cfg: dict[str, Any], out_dir: str | Path, force: bool = F
             final = res["f"][:, -1].astype(np.float64)
             summary = {
                 "experiment": cfg["name"], "function": fn_name, "method": method,
-                "status": "complete", "config": {**cfg, "functions": {fn_name: fn_cfg}},
+                "status": "complete", "config": part_cfg,
                 "seeds": list(range(int(cfg["seeds"]))), "env": env,
                 "final_f_mean": final.mean(), "final_f_std": final.std(),
                 "final_f": final, "run_time_s_mean": res["time"][:, -1].mean(),
