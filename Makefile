@@ -27,10 +27,10 @@ test: install
 	$(PY) -m pytest -q tests
 
 reproduce: install
-	$(PY) experiments/reproduce.py --preset $(PRESET) --out $(OUT) $(if $(filter 1,$(FORCE)),--force,)
+	$(PY) -m fgrad reproduce --preset $(PRESET) --out $(OUT) $(if $(filter 1,$(FORCE)),--force,)
 
 figures: install
-	$(PY) experiments/reproduce.py --preset $(PRESET) --out $(OUT) --figures-only
+	$(PY) -m fgrad reproduce --preset $(PRESET) --out $(OUT) --figures-only
 
 bench: install
 	$(PY) experiments/bench.py $(BENCH_ARGS)

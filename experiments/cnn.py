@@ -11,7 +11,7 @@ stated in the sources we had).
 
 import sys
 
-from fgrad import experiment_cli, mnist_defaults
+from fgrad.lab.config import defaults, finalize
 
 PRESETS = {
     "cpu": {"steps": 300, "seeds": [0], "eval_every": 100, "eval_examples": 2_000},
@@ -19,15 +19,13 @@ PRESETS = {
 }
 
 
-def get_config(preset: str = "cpu") -> dict:
-    return {
-        **mnist_defaults(),
-        "name": "cnn",
-        "model": "cnn",
-        "learning_rates": [2e-4],
-        **PRESETS[preset],
-    }
+def get_config(preset: str = "cpu"):
+    cfg = defaults("mnist")
+    cfg.update(name="cnn", title="CNN on MNIST", order=40, model="cnn", learning_rates=[2e-4],
+               **PRESETS[preset])
+    return finalize(cfg)
 
 
 if __name__ == "__main__":
-    sys.exit(experiment_cli(get_config, __doc__))
+    from fgrad.lab.cli import script_main
+    sys.exit(script_main(__file__))

@@ -6,13 +6,13 @@ Run:
   python experiments/estimator_quality.py --preset cpu     # → results/cpu/estimator_quality
   python experiments/estimator_quality.py --preset paper
 
-Theory (see fgrad/_quality.py): Var[g_i] = (‖∇‖² ± ∇_i²)/K (+ normal, − Rademacher);
+Theory (fgrad/lab/run/estimator_quality.py): Var[g_i] = (‖∇‖² ± ∇_i²)/K (+ normal, − Rademacher);
 E[cos²] = K/n for projection (normal), ≈ K/(n+K−1) for the mean.
 """
 
 import sys
 
-from fgrad import experiment_cli
+from fgrad.lab.config import defaults, finalize
 
 # (tangent distribution, combination) pairs.
 ALL = [["normal", "mean"], ["rademacher", "mean"], ["normal", "projection"],
@@ -27,17 +27,16 @@ PRESETS = {
 }
 
 
-def get_config(preset: str = "cpu") -> dict:
-    return {
-        "name": "estimator_quality",
-        "kind": "estimator_quality",
-        "models": PRESETS[preset],
-        "batch_size": 64,
-        "seed": 0,
-        "train_steps": 20 if preset == "cpu" else 500,  # "after some training": backprop SGD
-        "train_lr": 0.05,
-    }
+def get_config(preset: str = "cpu"):
+    cfg = defaults("estimator_quality")
+    cfg.update(name="estimator_quality", order=50, group="beyond", report="quality",
+               title="Estimator quality: cosine and variance vs K, against theory "
+               "(beyond the paper)",
+               models=PRESETS[preset], batch_size=64, seed=0, train_lr=0.05,
+               train_steps=20 if preset == "cpu" else 500)  # "after some training": backprop SGD
+    return finalize(cfg)
 
 
 if __name__ == "__main__":
-    sys.exit(experiment_cli(get_config, __doc__))
+    from fgrad.lab.cli import script_main
+    sys.exit(script_main(__file__))

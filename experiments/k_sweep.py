@@ -17,7 +17,7 @@ see lr_sweep.py).
 
 import sys
 
-from fgrad import experiment_cli, mnist_defaults
+from fgrad.lab.config import defaults, finalize
 
 MLP_PARAMS = 1_863_690  # 784-1024-1024-10 (tests/test_models.py checks the count)
 ETA = 2e-4
@@ -41,17 +41,16 @@ PRESETS = {
 }
 
 
-def get_config(preset: str = "cpu") -> dict:
-    return {
-        **mnist_defaults(),
-        "name": "k_sweep",
-        "model": "mlp",
-        "model_kwargs": {"width": 1024, "depth": 2},
-        "learning_rates": [ETA],
-        "diagnostics_every": 100,  # cosine with the true gradient, logged apart from the timing
-        **PRESETS[preset],
-    }
+def get_config(preset: str = "cpu"):
+    cfg = defaults("mnist")
+    cfg.update(name="k_sweep", order=60, group="beyond", report="k_sweep",
+               title="Multi-tangent forward gradients on the MLP (beyond the paper)",
+               model="mlp", model_kwargs={"width": 1024, "depth": 2}, learning_rates=[ETA],
+               diagnostics_every=100,  # cosine with the true gradient, logged apart from timing
+               **PRESETS[preset])
+    return finalize(cfg)
 
 
 if __name__ == "__main__":
-    sys.exit(experiment_cli(get_config, __doc__))
+    from fgrad.lab.cli import script_main
+    sys.exit(script_main(__file__))

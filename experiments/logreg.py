@@ -11,7 +11,7 @@ as in the paper's protocol).
 
 import sys
 
-from fgrad import experiment_cli, mnist_defaults
+from fgrad.lab.config import defaults, finalize
 
 PRESETS = {
     "cpu": {"steps": 5_000, "seeds": [0, 1], "eval_every": 1_000},
@@ -19,15 +19,13 @@ PRESETS = {
 }
 
 
-def get_config(preset: str = "cpu") -> dict:
-    return {
-        **mnist_defaults(),
-        "name": "logreg",
-        "model": "logreg",
-        "learning_rates": [2e-4],
-        **PRESETS[preset],
-    }
+def get_config(preset: str = "cpu"):
+    cfg = defaults("mnist")
+    cfg.update(name="logreg", title="Logistic regression on MNIST", order=20, model="logreg",
+               learning_rates=[2e-4], **PRESETS[preset])
+    return finalize(cfg)
 
 
 if __name__ == "__main__":
-    sys.exit(experiment_cli(get_config, __doc__))
+    from fgrad.lab.cli import script_main
+    sys.exit(script_main(__file__))

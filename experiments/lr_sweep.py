@@ -13,7 +13,7 @@ backprop SGD {1e-3, 1e-2, 3e-2, 1e-1}; forward-gradient Adam {1e-5, 1e-4, 1e-3};
 
 import sys
 
-from fgrad import experiment_cli, mnist_defaults
+from fgrad.lab.config import defaults, finalize
 
 VARIANTS = [
     {"name": "forward-sgd", "method": "forward", "learning_rates": [1e-4, 3e-4, 1e-3, 3e-3]},
@@ -29,17 +29,15 @@ PRESETS = {
 }
 
 
-def get_config(preset: str = "cpu") -> dict:
-    return {
-        **mnist_defaults(),
-        "name": "lr_sweep",
-        "model": "mlp",
-        "model_kwargs": {"width": 1024, "depth": 2},
-        "learning_rates": [],
-        "variants": VARIANTS,
-        **PRESETS[preset],
-    }
+def get_config(preset: str = "cpu"):
+    cfg = defaults("mnist")
+    cfg.update(name="lr_sweep", order=70, group="beyond", report="lr_sweep",
+               title="Learning-rate sweep per method on the MLP (beyond the paper)",
+               model="mlp", model_kwargs={"width": 1024, "depth": 2}, learning_rates=[],
+               variants=VARIANTS, **PRESETS[preset])
+    return finalize(cfg)
 
 
 if __name__ == "__main__":
-    sys.exit(experiment_cli(get_config, __doc__))
+    from fgrad.lab.cli import script_main
+    sys.exit(script_main(__file__))

@@ -11,26 +11,22 @@ rates (η = 0.01 Beale, 5e-4 Rosenbrock; decay k = 0), plain SGD, 10 seeds for b
 
 import sys
 
-from fgrad import experiment_cli
+from fgrad.lab.config import defaults, finalize
 
 
-def get_config(preset: str = "cpu") -> dict:
+def get_config(preset: str = "cpu"):
     del preset  # both presets run the paper's full setting: a few seconds on a CPU
-    return {
-        "name": "test_functions",
-        "kind": "test_functions",
-        "functions": {
-            "beale": {"start": (0.0, 0.5), "learning_rate": 0.01, "steps": 1_000},
-            "rosenbrock": {"start": (-1.0, 0.0), "learning_rate": 5e-4, "steps": 25_000},
-        },
-        "methods": ["forward", "backprop"],
-        "seeds": 10,
-        "chunk": 250,         # iterations per compiled lax.scan call (timed at boundaries)
-        "decay": 0.0,
-        "num_tangents": 1,
-        "distribution": "normal",
-    }
+    cfg = defaults("test_functions")
+    cfg.update(name="test_functions", order=10,
+               title="Test functions: Beale and Rosenbrock (paper Figure 2)",
+               functions={
+                   "beale": {"start": (0.0, 0.5), "learning_rate": 0.01, "steps": 1_000},
+                   "rosenbrock": {"start": (-1.0, 0.0), "learning_rate": 5e-4, "steps": 25_000},
+               },
+               seeds=10, chunk=250, decay=0.0)  # chunk: iterations per compiled lax.scan call
+    return finalize(cfg)
 
 
 if __name__ == "__main__":
-    sys.exit(experiment_cli(get_config, __doc__))
+    from fgrad.lab.cli import script_main
+    sys.exit(script_main(__file__))

@@ -7,12 +7,16 @@ Public API:
   transformations, chained with any optax optimizer.
 * :func:`paper_schedule`, :func:`make_optimizer` — η_i = η₀·e^(−ik) and the chain around it.
 * :func:`load_mnist` (IDX files or TFDS), Flax models :func:`make_model` (logreg, mlp, cnn),
-  :func:`cross_entropy_loss`; :func:`run_experiment` / :func:`experiment_cli` for experiments.
+  :func:`cross_entropy_loss`.
 * :func:`sample_tangents`, :func:`gradient_diagnostics`, :func:`beale`, :func:`rosenbrock`.
+
+Layers above this library, each a subpackage (none is loaded by ``import fgrad``):
+:mod:`fgrad.train` (step, timed loop, data parallelism, checkpoints), :mod:`fgrad.lab`
+(experiment configs, registry, runners, ``python -m fgrad``) and :mod:`fgrad.analysis` (results
+files → metrics, REPORT.md, figures).
 """
 
 from fgrad._estimator import ForwardGradient, forward_gradient
-from fgrad._experiment import experiment_cli, mnist_defaults, run_experiment
 from fgrad._functions import beale, rosenbrock
 from fgrad._mnist import Mnist, MnistError, load_mnist, read_idx
 from fgrad._models import (
@@ -27,6 +31,7 @@ from fgrad._models import (
 from fgrad._schedules import make_optimizer, paper_schedule
 from fgrad._tangents import sample_tangents
 from fgrad._transforms import (
+    SOURCES,
     BackpropState,
     ForwardGradientState,
     backprop_source,
@@ -46,20 +51,18 @@ __all__ = [
     "load_mnist",
     "make_model",
     "read_idx",
+    "SOURCES",
     "BackpropState",
     "ForwardGradient",
     "ForwardGradientState",
     "backprop_source",
     "beale",
-    "experiment_cli",
     "forward_gradient",
     "forward_gradient_source",
     "gradient_diagnostics",
     "make_optimizer",
-    "mnist_defaults",
     "paper_schedule",
     "rosenbrock",
-    "run_experiment",
     "sample_tangents",
 ]
 

@@ -9,10 +9,25 @@
 Every model takes float32 images ``(B, 28, 28, 1)`` and returns float32 logits ``(B, 10)``;
 another input shape raises a one-line ValueError while tracing. Losses are pure functions of a
 params pytree, so ``jax.jvp`` and ``jax.grad`` can differentiate them with respect to params.
+
+Initialisation: every model's ``init_scheme`` field (``make_model(name, init=...)``) names an
+entry of :data:`INITS`, which sets ``kernel_init`` and ``bias_init`` of every ``nn.Dense`` and
+``nn.Conv`` it creates. ``fan_in`` is ``in_features`` for a dense layer and
+``in_channels·kh·kw`` for a convolution.
+
+* ``"flax"`` (the default): Flax's own, kernel ~ lecun_normal = truncated normal with std
+  ``1/√fan_in``, bias = 0.
+* ``"pytorch"``: PyTorch's ``nn.Linear``/``nn.Conv2d`` default (``kaiming_uniform(a=√5)``, the
+  paper's code), kernel and bias both ~ U(−1/√fan_in, 1/√fan_in), i.e. std ``1/√(3·fan_in)``;
+  each layer's bias uses that layer's own ``fan_in``.
+
+Both give the same params pytree (names, shapes, float32). The field is not called ``init``
+because that would hide ``flax.linen.Module.init`` (which ``tabulate`` and ``lazy_init`` call).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,10 +36,87 @@ import jax
 import jax.numpy as jnp
 import optax
 
-PyTree = Any
+from fgrad._types import PyTree
+
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
 MAX_DEPTH = 100
+Initializer = Callable[..., jax.Array]
+
+
+def uniform_fan_in(fan_in: int) -> Initializer:
+    """An initializer drawing U(−1/√fan_in, 1/√fan_in) for any shape (PyTorch's bias init).
+
+    Flax calls ``bias_init`` with the bias shape only, so the layer's ``fan_in`` is bound here.
+
+    Args:
+        fan_in: the layer's number of inputs per output (``in_features``, or
+            ``in_channels·kh·kw`` for a convolution); at least 1.
+
+    Returns:
+        ``init(key, shape, dtype=float32)``.
+    """
+    if fan_in < 1:
+        raise ValueError(f"fan_in must be at least 1, got {fan_in}")
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, tuple(shape), dtype, -bound, bound)
+
+    return init
+
+
+def _flax_inits(fan_in: int) -> tuple[Initializer, Initializer]:
+    """Flax's defaults: kernel ~ lecun_normal (std 1/√fan_in), bias = 0 (``fan_in`` unused)."""
+    del fan_in
+    return nn.initializers.lecun_normal(), nn.initializers.zeros_init()
+
+
+def _pytorch_inits(fan_in: int) -> tuple[Initializer, Initializer]:
+    """PyTorch's defaults: kernel and bias ~ U(−1/√fan_in, 1/√fan_in).
+
+    The kernel's ``variance_scaling(1/3, "fan_in", "uniform")`` has limit √(3·(1/3)/fan_in) =
+    1/√fan_in, with Flax's fan_in (all kernel axes but the last), which is the same fan_in.
+    """
+    kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+    return kernel, uniform_fan_in(fan_in)
+
+
+#: Initialisation schemes by name: ``fan_in ↦ (kernel_init, bias_init)`` for one layer.
+INITS: dict[str, Callable[[int], tuple[Initializer, Initializer]]] = {
+    "flax": _flax_inits,
+    "pytorch": _pytorch_inits,
+}
+
+
+def check_init(init: str) -> None:
+    """Raises a one-line ValueError unless ``init`` is a key of :data:`INITS`."""
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}: use one of {', '.join(INITS)}")
+
+
+def layer_inits(init: str, fan_in: int) -> tuple[Initializer, Initializer]:
+    """``(kernel_init, bias_init)`` of scheme ``init`` for a layer with ``fan_in`` inputs."""
+    check_init(init)
+    return INITS[init](fan_in)
+
+
+def dense(features: int, fan_in: int, init: str) -> nn.Dense:
+    """``nn.Dense(features)`` initialised by scheme ``init`` for ``fan_in`` input features."""
+    kernel_init, bias_init = layer_inits(init, fan_in)
+    return nn.Dense(features, kernel_init=kernel_init, bias_init=bias_init)
+
+
+def conv(features: int, kernel_size: Sequence[int], in_channels: int, init: str,
+         **kwargs: Any) -> nn.Conv:
+    """``nn.Conv(features, kernel_size, **kwargs)`` initialised by scheme ``init``.
+
+    Its fan_in is ``in_channels·kh·kw`` (no feature groups).
+    """
+    fan_in = in_channels * math.prod(kernel_size)
+    kernel_init, bias_init = layer_inits(init, fan_in)
+    return nn.Conv(features, tuple(kernel_size), kernel_init=kernel_init, bias_init=bias_init,
+                   **kwargs)
 
 
 def check_images(images: jax.Array, name: str) -> None:
@@ -46,16 +138,25 @@ def check_images(images: jax.Array, name: str) -> None:
 
 
 class LogisticRegression(nn.Module):
-    """Flatten, then one dense layer to ``num_classes`` logits (7,850 params for MNIST)."""
+    """Flatten, then one dense layer to ``num_classes`` logits (7,850 params for MNIST).
+
+    ``init_scheme`` (see :data:`INITS`): ``"flax"`` (default), kernel ~ lecun_normal with std
+    1/√784, bias 0; ``"pytorch"``, kernel and bias ~ U(−1/√784, 1/√784).
+    """
 
     num_classes: int = NUM_CLASSES
+    init_scheme: str = "flax"
+
+    def __post_init__(self) -> None:
+        check_init(self.init_scheme)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         """Logits ``(B, num_classes)`` of images ``(B, 28, 28, 1)``."""
         check_images(images, "LogisticRegression")
         x = images.reshape((images.shape[0], -1))
-        return nn.Dense(self.num_classes)(x)
+        return dense(self.num_classes, x.shape[-1], self.init_scheme)(x)
 
 
 class MLP(nn.Module):
@@ -63,13 +164,19 @@ class MLP(nn.Module):
 
     The defaults are the paper's 784-1024-1024-10 network (1,863,690 params). ``depth`` may be
     1..100, for depth sweeps.
+
+    ``init_scheme`` (see :data:`INITS`) sets every layer's init, with fan_in 784 for the first
+    and ``width`` for the others: ``"flax"`` (default), kernel ~ lecun_normal with std
+    1/√fan_in, bias 0; ``"pytorch"``, kernel and bias ~ U(−1/√fan_in, 1/√fan_in).
     """
 
     width: int = 1024
     depth: int = 2
     num_classes: int = NUM_CLASSES
+    init_scheme: str = "flax"
 
     def __post_init__(self) -> None:
+        check_init(self.init_scheme)
         if not 1 <= self.depth <= MAX_DEPTH:
             raise ValueError(f"MLP depth must be in 1..{MAX_DEPTH}, got {self.depth}")
         if self.width < 1:
@@ -82,8 +189,8 @@ class MLP(nn.Module):
         check_images(images, "MLP")
         x = images.reshape((images.shape[0], -1))
         for _ in range(self.depth):
-            x = nn.relu(nn.Dense(self.width)(x))
-        return nn.Dense(self.num_classes)(x)
+            x = nn.relu(dense(self.width, x.shape[-1], self.init_scheme)(x))
+        return dense(self.num_classes, x.shape[-1], self.init_scheme)(x)
 
 
 class CNN(nn.Module):
@@ -94,11 +201,21 @@ class CNN(nn.Module):
     ReLU → Dense(``num_classes``). The convolutions use ``"SAME"`` padding, so each pool halves
     28 → 14 → 7. With the defaults it has 3,333,962 params. The pools are
     :func:`max_pool_2x2` (``nn.max_pool``'s values, a cheaper backward pass on CPU).
+
+    ``init_scheme`` (see :data:`INITS`) sets every layer's init, with fan_in 3·3·1 = 9 for the
+    first convolution, 3·3·``channels`` for the others, 7·7·``channels`` and ``hidden`` for the
+    dense layers: ``"flax"`` (default), kernel ~ lecun_normal with std 1/√fan_in, bias 0;
+    ``"pytorch"``, kernel and bias ~ U(−1/√fan_in, 1/√fan_in).
     """
 
     channels: int = 64
     hidden: int = 1024
     num_classes: int = NUM_CLASSES
+    init_scheme: str = "flax"
+
+    def __post_init__(self) -> None:
+        check_init(self.init_scheme)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
@@ -107,11 +224,13 @@ class CNN(nn.Module):
         x = images
         for _ in range(2):
             for _ in range(2):
-                x = nn.relu(nn.Conv(self.channels, (3, 3), padding="SAME")(x))
+                layer = conv(self.channels, (3, 3), x.shape[-1], self.init_scheme,
+                             padding="SAME")
+                x = nn.relu(layer(x))
             x = max_pool_2x2(x)
         x = x.reshape((x.shape[0], -1))
-        x = nn.relu(nn.Dense(self.hidden)(x))
-        return nn.Dense(self.num_classes)(x)
+        x = nn.relu(dense(self.hidden, x.shape[-1], self.init_scheme)(x))
+        return dense(self.num_classes, x.shape[-1], self.init_scheme)(x)
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -144,13 +263,18 @@ def make_model(name: str, **kwargs: Any) -> nn.Module:
 
     Args:
         name: ``"logreg"``, ``"mlp"`` or ``"cnn"``.
-        **kwargs: the model's fields, e.g. ``width=`` and ``depth=`` for the MLP.
+        **kwargs: the model's fields, e.g. ``width=`` and ``depth=`` for the MLP;
+            ``init=`` is accepted for ``init_scheme=`` (a key of :data:`INITS`).
 
     Returns:
         The flax module.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}: use one of {', '.join(MODELS)}")
+    if "init" in kwargs:
+        if "init_scheme" in kwargs:
+            raise ValueError("give init= or init_scheme=, not both")
+        kwargs["init_scheme"] = kwargs.pop("init")
     return MODELS[name](**kwargs)
 
 

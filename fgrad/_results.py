@@ -98,12 +98,29 @@ def is_done(summary_path: str | os.PathLike, config: dict[str, Any] | None = Non
 
 
 class JsonlWriter:
-    """Appends one JSON object per line and flushes it, so a killed run keeps what it logged."""
+    """Appends one JSON object per line and flushes it, so a killed run keeps what it logged.
 
-    def __init__(self, path: str | os.PathLike):
+    Args:
+      path: the log file.
+      resume_at: None starts a new file; a byte offset (:meth:`tell` of an earlier writer)
+        keeps the file's first ``resume_at`` bytes, drops the rest (rows logged after the
+        checkpoint being resumed from) and appends after them.
+    """
+
+    def __init__(self, path: str | os.PathLike, resume_at: int | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "w", buffering=1)
+        if resume_at is None:
+            self._file = open(self.path, "w", buffering=1)
+        else:
+            self._file = open(self.path, "r+", buffering=1)
+            self._file.truncate(resume_at)
+            self._file.seek(resume_at)
+
+    def tell(self) -> int:
+        """The byte offset after every row written so far (flushed)."""
+        self._file.flush()
+        return self._file.tell()
 
     def write(self, row: dict[str, Any]) -> None:
         self._file.write(json.dumps(_clean(row)) + "\n")

@@ -179,3 +179,10 @@ def backprop_source(axis_name: str | None = None) -> optax.GradientTransformatio
         return grad, BackpropState(value.astype(jnp.float32))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# The gradient sources by method name: the one list of methods (configs, CLI, report).
+SOURCES: dict[str, Callable[..., optax.GradientTransformationExtraArgs]] = {
+    "forward": forward_gradient_source,
+    "backprop": backprop_source,
+}

@@ -21,13 +21,8 @@ import jax
 import numpy as np
 
 from fgrad._models import make_model
-from fgrad._parallel import (
-    compare_runs,
-    data_mesh,
-    init_distributed,
-    make_data_parallel_step,
-    train_synthetic,
-)
+from fgrad.lab.run.comm_bytes import compare_runs, train_synthetic
+from fgrad.train.parallel import data_mesh, init_distributed, make_data_parallel_step
 
 METHODS = ("forward", "backprop")
 CFG = {"num_tangents": 2}

@@ -11,22 +11,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fgrad._bench import (
-    case_ratios,
-    device_slug,
-    memory_breakdown,
-    method_from_name,
-    run_depth_sweep,
-    time_interleaved,
-)
 from fgrad._models import cross_entropy_loss, init_params, make_model
 from fgrad._xla_flags import FGRAD_COMPILER_OPTIONS, FGRAD_XLA_FLAGS, configure_xla_flags
+from fgrad.lab.run.bench import case_ratios
+from fgrad.lab.run.depth_sweep import memory_breakdown, run_depth_sweep
+from fgrad.lab.timing import device_slug, method_from_name, time_interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_quick_bench_writes_json_and_markdown(tmp_path):
-    cmd = [sys.executable, str(ROOT / "experiments" / "bench.py"), "--quick", "--models",
+    cmd = [sys.executable, str(ROOT / "experiments" / "bench.py"), "--preset", "quick", "--models",
            "logreg", "--loops", "python", "scan", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

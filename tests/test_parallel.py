@@ -1,4 +1,4 @@
-"""Data-parallel training (fgrad._parallel): 4 devices match 1 device, forward gradients
+"""Data-parallel training (fgrad.train.parallel): 4 devices match 1 device, forward gradients
 all-reduce K + 1 scalars while backprop all-reduces the gradient, two processes agree, bad
 configurations fail with one line.
 
@@ -21,14 +21,10 @@ import numpy as np
 import pytest
 
 from fgrad._mnist import Mnist
-from fgrad._parallel import (
-    allreduce_sizes,
-    check_data_parallel,
-    data_mesh,
-    distributed_args,
-)
 from fgrad._results import read_jsonl
-from fgrad._train import train_run
+from fgrad.lab.run.comm_bytes import allreduce_sizes
+from fgrad.lab.run.mnist import train_run
+from fgrad.train.parallel import check_data_parallel, data_mesh, distributed_args
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "_parallel_worker.py"

@@ -15,7 +15,7 @@ import pytest
 import fgrad
 from fgrad._mnist import load_mnist
 from fgrad._results import read_json, read_jsonl
-from fgrad._train import train_run
+from fgrad.lab.run.mnist import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def mnist(mnist_dir):
 
 
 def _cfg(model, steps, **kw):
-    return {**fgrad.mnist_defaults(), "name": "t", "model": model, "learning_rates": [0.05],
+    return {"name": "t", "model": model, "learning_rates": [0.05],
             "seeds": [0], "steps": steps, "eval_every": steps, "steps_per_call": 10,
             "eval_examples": 1000, **kw}
 
@@ -149,7 +149,7 @@ def test_forward_step_traces_no_backward_pass_unless_diagnostics(diagnostics):
     """An MLP with L = 4 dense layers at batch 8: backprop has L weight-gradient matmuls; the
     forward-gradient step must have none unless diagnostics (which need the exact gradient)
     are switched on in the step's source."""
-    from fgrad._train import Data, TrainState, make_train_step
+    from fgrad.train.step import Data, TrainState, make_train_step
     model = fgrad.make_model("mlp", width=16, depth=3)
     layers, batch = 4, 8
     params = fgrad.init_params(model, jax.random.key(0))

@@ -1,4 +1,4 @@
-"""Optimisation trajectories on 2-D test functions (paper Figure 2).
+"""Optimisation trajectories on 2-D test functions (paper Figure 2, ``test_functions.py``).
 
 For each function, method and seed, the optimiser runs jit-compiled in ``lax.scan`` chunks;
 f(x) and x are recorded at every iteration and the cumulative wall time at chunk boundaries
@@ -16,19 +16,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from ml_collections import ConfigDict
 
 from fgrad._env import environment
 from fgrad._functions import FUNCTIONS
 from fgrad._results import is_done, write_json
-from fgrad._schedules import make_optimizer
-from fgrad._sources import make_source
+from fgrad._schedules import check_learning_rate
+from fgrad.lab.build import build_optimizer
+from fgrad.lab.config import to_dict
+from fgrad.lab.run import RunOptions
+from fgrad.train.step import source_value
 
 
 def _chunk_fn(fun, tx, length):
     def body(carry, _):
         x, state = carry
         updates, state = tx.update(x, state, x, value_fn=fun)
-        return (optax.apply_updates(x, updates), state), (state[0].value, x)
+        return (optax.apply_updates(x, updates), state), (source_value(state), x)
 
     return jax.jit(lambda carry: jax.lax.scan(body, carry, length=length), donate_argnums=0)
 
@@ -56,8 +60,7 @@ def run_trajectories(fn_name: str, method: str, fn_cfg: dict[str, Any], cfg: dic
     x0 = jnp.asarray(fn_cfg["start"], jnp.float32)
     fs, xs, times, compile_s = [], [], [], []
     for seed in range(int(cfg["seeds"])):
-        tx = make_optimizer(make_source(method, seed, cfg), fn_cfg["learning_rate"],
-                            decay=cfg["decay"])
+        tx = build_optimizer(method, fn_cfg["learning_rate"], seed, cfg)
         carry = (jnp.array(x0, copy=True), tx.init(x0))  # the call donates its input
         t0 = time.perf_counter()
         run = _chunk_fn(fun, tx, chunk).lower(carry).compile()
@@ -80,9 +83,11 @@ def run_trajectories(fn_name: str, method: str, fn_cfg: dict[str, Any], cfg: dic
             "compile_s": np.asarray(compile_s)}
 
 
-def run_test_functions(cfg: dict[str, Any], out_dir: str | Path, force: bool = False) -> None:
+def run(cfg: ConfigDict, out_dir: Path, opts: RunOptions) -> None:
     """Runs the whole test-function experiment of ``cfg`` into ``out_dir``; skips finished parts."""
-    out_dir = Path(out_dir)
+    cfg, force = to_dict(cfg), opts.force
+    for fn_cfg in cfg["functions"].values():
+        check_learning_rate(fn_cfg["learning_rate"])
     env = environment()
     for fn_name, fn_cfg in cfg["functions"].items():
         for method in cfg["methods"]:

@@ -1,4 +1,5 @@
-"""Estimator quality: how close forward gradients are to the true gradient, against theory.
+"""Estimator quality (``experiments/estimator_quality.py``): how close forward gradients are to
+the true gradient, against theory.
 
 For a model at a parameter point (initialisation, or after some backprop SGD) and one fixed
 minibatch with exact gradient ∇ (n entries), M estimates g are drawn for each tangent
@@ -22,13 +23,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from ml_collections import ConfigDict
 
 from fgrad._env import environment
 from fgrad._estimator import forward_gradient
 from fgrad._mnist import load_mnist
-from fgrad._models import cross_entropy_loss, init_params, make_model
 from fgrad._results import is_done, write_json
 from fgrad._transforms import backprop_source, gradient_diagnostics
+from fgrad.lab.build import build_model
+from fgrad.lab.config import to_dict
+from fgrad.lab.run import RunOptions
 
 
 def _flat(tree) -> jax.Array:
@@ -89,13 +93,12 @@ def _trained(model, loss_fn, params, images, labels, cfg):
 def model_rows(model_name: str, settings: dict[str, Any], data, cfg: dict[str, Any]
                ) -> list[dict[str, Any]]:
     """The measurements of one model: a row per point × (distribution, combine) × K."""
-    model = make_model(model_name, **settings.get("model_kwargs", {}))
-    loss_fn = cross_entropy_loss(model)
+    built = build_model(model_name, settings.get("model_kwargs", {}), jax.random.key(cfg["seed"]))
+    model, loss_fn, params0 = built.module, built.loss_fn, built.params
     b = cfg["batch_size"]
     n_train = (int(cfg["train_steps"]) + 1) * b
     images = jnp.asarray(data.train_images[:n_train])
     labels = jnp.asarray(data.train_labels[:n_train])
-    params0 = init_params(model, jax.random.key(cfg["seed"]))
     points = {"init": params0, "trained": _trained(model, loss_fn, params0, images, labels, cfg)}
     value_fn = lambda p: loss_fn(p, images[:b], labels[:b])
     stats = jax.jit(sample_stats, static_argnums=(0, 3, 4, 5, 6))
@@ -121,10 +124,9 @@ def model_rows(model_name: str, settings: dict[str, Any], data, cfg: dict[str, A
     return rows
 
 
-def run_estimator_quality(cfg: dict[str, Any], out_dir: str | Path, force: bool = False,
-                          mnist_dir: str | None = None) -> None:
+def run(cfg: ConfigDict, out_dir: Path, opts: RunOptions) -> None:
     """Runs every model of ``cfg`` into ``out_dir/<model>.json``; skips finished models."""
-    out_dir = Path(out_dir)
+    cfg, force, mnist_dir = to_dict(cfg), opts.force, opts.mnist_dir
     data = None
     for model_name, settings in cfg["models"].items():
         path = out_dir / f"{model_name}.json"

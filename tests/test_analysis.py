@@ -1,18 +1,18 @@
-"""Figures, REPORT.md and ``experiments/reproduce.py`` from small synthetic results folders."""
+"""Figures and REPORT.md (fgrad.analysis) from small synthetic results folders."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import fgrad._trajectories
-from fgrad._figures import make_figures
-from fgrad._report import SECTIONS, report_markdown, write_report
 from fgrad._results import ResultsError, write_json
+from fgrad.analysis.figures import make_figures
+from fgrad.analysis.report import report_markdown, write_report
+from fgrad.lab import registry
 
-ROOT = Path(__file__).resolve().parents[1]
+# The report's sections, as make reproduce builds them from the experiment registry.
+SECTIONS = registry.sections(list(registry.experiments()), "cpu")
 WINDOW = 100
 STEPS = 300
 ENV = {"platform": "cpu", "device": "cpu (2 cores, Test CPU)", "cpu": "Test CPU",
@@ -22,14 +22,6 @@ ENV = {"platform": "cpu", "device": "cpu (2 cores, Test CPU)", "cpu": "Test CPU"
 RUNS = {("forward", 0): (0.002, 0.50, 60.0), ("backprop", 0): (0.003, 0.55, 150.0),
         ("forward", 1): (0.0021, 0.52, 70.0), ("backprop", 1): (0.0032, 0.50, 140.0)}
 LR = 2e-4
-
-
-def _load_reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce_under_test",
-                                                  ROOT / "experiments" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _curves(method, seed):
@@ -140,7 +132,8 @@ def _expected_mnist() -> dict[str, str]:
 
 
 def test_report_shows_the_numbers_of_the_results(results: Path):
-    text = write_report(results, "cpu", "python experiments/reproduce.py --test").read_text()
+    text = write_report(results, SECTIONS, "cpu",
+                        "python experiments/reproduce.py --test").read_text()
     assert "`python experiments/reproduce.py --test`" in text
     assert "Test CPU (2 cores)" in text and "jaxlib 9.9.2" in text and "optax 9.9.4" in text
     expected = _expected_mnist()
@@ -178,13 +171,13 @@ def test_report_shows_the_numbers_of_the_results(results: Path):
 
 
 def test_figures_are_written_from_the_results(results: Path):
-    paths = make_figures(results)
+    paths = make_figures(results, SECTIONS)
     names = sorted(p.name for p in paths)
     assert names == ["mlp.pdf", "mlp.png", "test_functions.pdf", "test_functions.png"]
     for p in paths:
         assert p.parent == results / "figures" and p.stat().st_size > 10_000
         assert p.read_bytes()[:4] == (b"\x89PNG" if p.suffix == ".png" else b"%PDF")
-    assert "![MLP on MNIST" in report_markdown(results)
+    assert "![MLP on MNIST" in report_markdown(results, SECTIONS)
 
 
 @pytest.mark.parametrize("damage", ["missing_log", "bad_json", "missing_npz"])
@@ -199,64 +192,9 @@ def test_missing_or_malformed_results_name_the_file(results: Path, damage: str):
         bad = results / "test_functions" / "beale_forward.npz"
         bad.unlink()
     with pytest.raises(ResultsError, match=str(bad)):
-        write_report(results)
+        write_report(results, SECTIONS)
     with pytest.raises(ResultsError, match=str(bad)):
-        make_figures(results)
-
-
-# main() sets the XLA flags first; in a test process JAX already runs, which it rightly warns of.
-@pytest.mark.filterwarnings("ignore:configure_xla_flags\\(\\) ran after JAX:UserWarning")
-def test_cli_errors_are_one_line(results: Path, capsys):
-    reproduce = _load_reproduce()
-    assert reproduce.main(["--only", "nope", "--out", str(results)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: unknown experiment nope") and "logreg" in err
-    assert "\n" not in err
-    (results / "mlp" / "forward_lr0.0002_seed0.jsonl").unlink()
-    assert reproduce.main(["--figures-only", "--out", str(results)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: results file") and "forward_lr0.0002_seed0.jsonl" in err
-
-
-def test_reproduce_resumes_after_an_interruption(tmp_path: Path, monkeypatch):
-    reproduce = _load_reproduce()
-    tiny = reproduce.load_get_config("test_functions")("cpu")
-    for fn_cfg in tiny["functions"].values():
-        fn_cfg["steps"] = 100
-    tiny.update(chunk=50, seeds=1)
-    real, calls = fgrad._trajectories.run_trajectories, []
-
-    def counting(fn_name, method, *args):
-        calls.append(f"{fn_name}_{method}")
-        if interrupt_after and len(calls) > interrupt_after:
-            raise KeyboardInterrupt
-        return real(fn_name, method, *args)
-
-    monkeypatch.setattr(fgrad._trajectories, "run_trajectories", counting)
-    drawn = []  # figures are tested above; here only that reproduce asks for them
-    monkeypatch.setattr(reproduce, "make_figures", lambda out: drawn.append(out) or [])
-    out = tmp_path / "out"
-    run = lambda: reproduce.reproduce("cpu", out, ["test_functions"],
-                                      get_config=lambda name: lambda preset: tiny)
-    interrupt_after = 1
-    with pytest.raises(KeyboardInterrupt):
-        run()
-    first = out / "test_functions" / "beale_forward.json"
-    assert calls == ["beale_forward", "beale_backprop"] and first.exists()
-    stamp = first.stat().st_mtime_ns
-    interrupt_after, calls[:] = 0, []
-    inv = run()
-    assert calls == ["beale_backprop", "rosenbrock_forward", "rosenbrock_backprop"]
-    assert first.stat().st_mtime_ns == stamp
-    record = json.loads((out / "reproduce.json").read_text())
-    assert record["wall_time_s"] == inv["wall_time_s"] > 0
-    assert drawn == [out]
-    report = (out / "REPORT.md").read_text()
-    assert "| beale | forward gradient |" in report and "wall time" in report
-    calls[:] = []
-    tiny["functions"]["beale"]["steps"] = 50  # a changed config is rerun, not skipped
-    run()
-    assert calls == ["beale_forward", "beale_backprop"]
+        make_figures(results, SECTIONS)
 
 
 # ----------------------------------------------------------------------------- beyond the paper
@@ -300,7 +238,7 @@ def test_estimator_quality_table_shows_measured_over_theory(tmp_path: Path):
         assert cells[7] == f"{r['cos2_mean'] / r['cos2_theory']:.3g}", line
         var_ratio = "n/a" if r["var_theory"] is None else f"{r['var_mean'] / r['var_theory']:.3g}"
         assert cells[10] == var_ratio, line
-    assert [p.name for p in make_figures(out)] == ["estimator_quality.png",
+    assert [p.name for p in make_figures(out, SECTIONS)] == ["estimator_quality.png",
                                                    "estimator_quality.pdf"]
 
 
@@ -356,7 +294,8 @@ def test_lr_sweep_picks_the_lowest_final_loss_among_complete_rates(tmp_path: Pat
         mean = np.mean(finals[variant][lr])
         assert f"| {variant} | {label} | sgd | {lr:g} | {mean:.4g} ± " in text
     assert "understates backprop's advantage" in text  # loss ratio ≈ 1.1 at 1e-3, ≈ 2.6 at best
-    assert [p.name for p in make_figures(exp_dir.parent)] == ["lr_sweep.png", "lr_sweep.pdf"]
+    assert [p.name for p in make_figures(exp_dir.parent, SECTIONS)] == ["lr_sweep.png",
+                                                                       "lr_sweep.pdf"]
 
 
 def test_k_sweep_renders_a_figure_and_the_logged_cosine(tmp_path: Path):
@@ -365,7 +304,7 @@ def test_k_sweep_renders_a_figure_and_the_logged_cosine(tmp_path: Path):
     _write_sweep_run(exp_dir, "backprop", "backprop", 2e-4, 0, 0.5)
     for seed in (0, 1):
         _write_sweep_run(exp_dir, "fg-normal-K4-mean", "forward", 2e-4, seed, 1.0, cosine=True)
-    paths = make_figures(exp_dir.parent)
+    paths = make_figures(exp_dir.parent, SECTIONS)
     assert [p.name for p in paths] == ["k_sweep.png", "k_sweep.pdf"]
     assert paths[0].stat().st_size > 10_000
     cos = [0.01 * (1 + seed) * s / SWEEP_STEPS for seed in (0, 1) for s in (1, 51)]

@@ -3,7 +3,7 @@
 The global minibatch of each step is split across the devices of a ``"data"`` mesh axis; the
 parameters, the optimizer state (including the tangents' PRNG key) and the training data are
 replicated, and each device gathers its slice of the step's indices from the replicated
-permutation (:func:`fgrad._train.make_train_step` with ``local_indices``). The gradient source,
+permutation (:func:`fgrad.train.step.make_train_step` with ``local_indices``). The gradient source,
 built with ``axis_name="data"``, is the only place devices communicate:
 
 * forward gradient: every device draws the same K tangents from the same key, so devices only
@@ -13,7 +13,8 @@ built with ``axis_name="data"``, is the only place devices communicate:
 
 For D devices with equal shards, mean_d(f_d) is the loss on the global batch, so both methods
 compute the same update as one device on the global batch (up to float rounding).
-:func:`allreduce_sizes` reads the communication volume off the compiled HLO.
+:func:`fgrad.lab.run.comm_bytes.allreduce_sizes` reads the communication volume off the
+compiled HLO.
 
 Several hosts: :func:`init_distributed` calls ``jax.distributed.initialize`` when the
 environment names a coordinator (or a SLURM / Open MPI job, or ``FGRAD_DISTRIBUTED=auto``);
@@ -23,26 +24,18 @@ environment names a coordinator (or a SLURM / Open MPI job, or ``FGRAD_DISTRIBUT
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fgrad._models import IMAGE_SHAPE, NUM_CLASSES, cross_entropy_loss, init_params
-from fgrad._schedules import make_optimizer
-from fgrad._sources import make_source
+from fgrad._types import PyTree
+from fgrad.train.step import StepFn, make_train_step
 
-if TYPE_CHECKING:
-    from fgrad._train import Data, TrainState
-
-PyTree = Any
 DATA_AXIS = "data"
 # Environment read by init_distributed (besides jax's own JAX_COORDINATOR_ADDRESS and
 # JAX_LOCAL_DEVICE_IDS).
@@ -132,8 +125,8 @@ def device_slice(axis_name: str = DATA_AXIS) -> Callable[[jax.Array], jax.Array]
 
 def make_data_parallel_step(loss_fn: Callable, tx: optax.GradientTransformationExtraArgs,
                             batch_size: int, mesh: Mesh
-                            ) -> Callable[[TrainState, Data], tuple[TrainState, jax.Array]]:
-    """The training step of :func:`fgrad._train.make_train_step` with the global minibatch split
+                            ) -> StepFn:
+    """The training step of :func:`fgrad.train.step.make_train_step` with the global minibatch split
     over the devices of ``mesh``.
 
     Args:
@@ -148,44 +141,10 @@ def make_data_parallel_step(loss_fn: Callable, tx: optax.GradientTransformationE
       ``train_step(state, data) -> (state, loss)`` on replicated ``state`` and ``data`` (see
       :func:`replicate`); the loss is the global minibatch's.
     """
-    from fgrad._train import make_train_step  # fgrad._train imports this module
-
     (axis,) = mesh.axis_names
     check_data_parallel(mesh.size, batch_size, mesh.size)
     step = make_train_step(loss_fn, tx, batch_size, device_slice(axis))
     return jax.shard_map(step, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()))
-
-
-_SHAPE = re.compile(r"\b([a-z]+[0-9a-z]*)\[([0-9,]*)\]")
-_ALLREDUCE = re.compile(r"=\s*(.*?)\s+all-reduce(?:-start)?\(")
-
-
-def _dtype_bytes(hlo_type: str) -> int:
-    """Bytes per element of an HLO element type (pred, s32, f32, bf16, c64, f8e4m3fn, ...)."""
-    if hlo_type == "pred":
-        return 1
-    bits = re.search(r"\d+", hlo_type)
-    return max(1, int(bits.group()) // 8) if bits else 1
-
-
-def allreduce_sizes(hlo_text: str) -> list[int]:
-    """Bytes of each all-reduce in an HLO module's text (an async pair counts once).
-
-    Args:
-      hlo_text: e.g. ``jax.jit(f).lower(...).compile().as_text()``.
-
-    Returns:
-      One entry per ``all-reduce`` (or ``all-reduce-start``) op: the bytes of its result, which
-      for an all-reduce equals its operands' (a tuple all-reduce sums its elements).
-    """
-    sizes = []
-    for line in hlo_text.splitlines():
-        match = _ALLREDUCE.search(line)
-        if match:
-            sizes.append(sum(_dtype_bytes(t) * int(np.prod([int(d) for d in dims.split(",")
-                                                            if d] or [1]))
-                             for t, dims in _SHAPE.findall(match.group(1))))
-    return sizes
 
 
 def distributed_args(environ: Mapping[str, str]) -> dict[str, Any] | None:
@@ -243,80 +202,3 @@ def init_distributed(environ: Mapping[str, str] | None = None) -> bool:
     return True
 
 
-class SyntheticRun(NamedTuple):
-    """What :func:`train_synthetic` returns: flat float32 params before and after training, and
-    the compiled training step (for :func:`allreduce_sizes`)."""
-
-    initial: np.ndarray
-    final: np.ndarray
-    compiled: Any
-
-
-def _flat(params: PyTree) -> np.ndarray:
-    return np.concatenate([np.asarray(x, np.float32).ravel() for x in jax.tree.leaves(params)])
-
-
-def train_synthetic(model: nn.Module, method: str, cfg: dict[str, Any], mesh: Mesh | None, *,
-                    batch_size: int, steps: int, learning_rate: float, seed: int = 0
-                    ) -> SyntheticRun:
-    """A few SGD steps of ``model`` on random MNIST-shaped data, on one device or data-parallel.
-
-    Every process and both placements see the same initial params, data, batches and tangents
-    (all from ``seed``), so runs differ only by where the batch is evaluated.
-
-    Args:
-      model: a flax module from :func:`fgrad._models.make_model`.
-      method: ``"forward"`` or ``"backprop"``.
-      cfg: estimator options for the forward gradient (e.g. ``{"num_tangents": 2}``).
-      mesh: a mesh from :func:`data_mesh`, or None for the plain step on the default device.
-      batch_size: the global minibatch size.
-      steps: training steps (the data set has ``batch_size * steps`` examples, one epoch).
-      learning_rate: the SGD step size (constant).
-      seed: seeds params, data and tangents.
-
-    Returns:
-      A :class:`SyntheticRun`.
-    """
-    from fgrad._train import Data, TrainState, epoch_permutations, make_train_step
-
-    k_params, k_data, k_x, k_y = jax.random.split(jax.random.key(seed), 4)
-    n = batch_size * steps
-    params = init_params(model, k_params)
-    loss_fn = cross_entropy_loss(model)
-    tx = make_optimizer(make_source(method, seed, cfg, None if mesh is None else DATA_AXIS),
-                        learning_rate, decay=0.0)
-    state = TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
-    data = Data(jax.random.uniform(k_x, (n, *IMAGE_SHAPE), jnp.float32),
-                jax.random.randint(k_y, (n,), 0, NUM_CLASSES, jnp.int32),
-                epoch_permutations(k_data, n, batch_size, steps))
-    if mesh is None:
-        step = make_train_step(loss_fn, tx, batch_size)
-    else:
-        step = make_data_parallel_step(loss_fn, tx, batch_size, mesh)
-        state, data = replicate((state, data), mesh)
-    initial = _flat(params)
-    compiled = jax.jit(step, donate_argnums=0).lower(state, data).compile()
-    for _ in range(steps):
-        state, _loss = compiled(state, data)
-    return SyntheticRun(initial, _flat(state.params), compiled)
-
-
-def compare_runs(single: SyntheticRun, parallel: SyntheticRun) -> dict[str, Any]:
-    """Communication and equivalence of a data-parallel run against the one-device run.
-
-    Args:
-      single: :func:`train_synthetic` with ``mesh=None``.
-      parallel: the same with a mesh (same model, method, options and seed).
-
-    Returns:
-      ``num_params`` n; ``gradient_bytes`` (4 n, what a gradient all-reduce moves);
-      ``allreduce_bytes`` and ``allreduce_ops`` of one data-parallel step (compiled HLO);
-      ``max_abs_diff`` = max_i |θ_D − θ_1| between the final params;
-      ``max_abs_update`` = max_i |θ_1 − θ_0| (the scale ``max_abs_diff`` compares with).
-    """
-    sizes = allreduce_sizes(parallel.compiled.as_text())
-    n = int(single.final.size)
-    return {"num_params": n, "gradient_bytes": 4 * n, "allreduce_bytes": sum(sizes),
-            "allreduce_ops": len(sizes),
-            "max_abs_diff": float(np.max(np.abs(parallel.final - single.final))),
-            "max_abs_update": float(np.max(np.abs(single.final - single.initial)))}

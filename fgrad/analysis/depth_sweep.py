@@ -1,0 +1,156 @@
+"""Depth sweep (paper Figure 6): runtime cost and memory vs MLP depth.
+
+The report section (one table per batch size and a generated summary), the figure, and the
+sweep's own Markdown file ``depth_sweep.md`` (:func:`depth_markdown`, every row with the
+parameter-sized memory) and progress line (:func:`depth_line`). The report's tables read
+:func:`fgrad.analysis.metrics.depth_series`; both use :func:`fgrad.analysis.tables.markdown_table`
+and the formatters there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from fgrad.analysis.family import Family
+from fgrad.analysis.metrics import METHOD_LABELS, depth_series
+from fgrad.analysis.plotting import COLORS, _new_figure, style_axes
+from fgrad.analysis.runs import load_depth_sweep
+from fgrad.analysis.tables import NA, fmt, markdown_table, mib
+
+# For the depth-sweep section, when its experiment exists: R_f ≈ 2.5 → 4.2 and R_b ≈ 4.5 → 5.0
+# from 1 to 100 layers, with equal memory for both methods.
+PAPER_DEPTH_SWEEP = {"layers": (1, 100), "R_f": (2.5, 4.2), "R_b": (4.5, 5.0)}
+
+# ----------------------------------------------------------------------------- section
+
+
+def _cell(value: float, digits: int = 2) -> str:
+    """A depth-series value with ``digits`` decimals, "n/a" where it is not finite."""
+    return fmt(float(value) if np.isfinite(value) else None, f".{digits}f", NA)
+
+
+def _depth_row(s: dict[str, np.ndarray], i: int) -> list[str]:
+    return [f"{s['depth'][i]:.0f}", _cell(s["R_f"][i]), _cell(s["R_b"][i]),
+            _cell(s["R_f"][i] / s["R_b"][i]), _cell(s["f_total"][i], 1),
+            _cell(s["f_rest"][i], 1), _cell(s["b_total"][i], 1), _cell(s["b_rest"][i], 1),
+            _cell(s["f_total"][i] / s["b_total"][i])]
+
+
+DEPTH_HEADER = ["depth", "R_f", "R_b", "R_f/R_b", "fwd peak (MiB)", "fwd rest (MiB)",
+                "bp peak (MiB)", "bp rest (MiB)", "fwd/bp peak"]
+
+
+def _depth_sentence(s: dict[str, np.ndarray], batch_size: int) -> str:
+    i0 = 1 if len(s["depth"]) > 1 else 0  # growth is measured from depth 2 (the issue's target)
+    grow_f, grow_b = s["f_rest"][-1] / s["f_rest"][i0], s["b_rest"][-1] / s["b_rest"][i0]
+    ratio = s["f_total"][-1] / s["b_total"][-1]
+    d0, d1 = int(s["depth"][i0]), int(s["depth"][-1])
+    paper_f, paper_b = PAPER_DEPTH_SWEEP["R_f"], PAPER_DEPTH_SWEEP["R_b"]
+    cheaper = "below" if np.nanmax(s["R_f"] / s["R_b"]) < 1 else "not always below"
+    return (f"At batch {batch_size}, from depth {d0} to {d1} the memory beyond parameter-sized "
+            f"buffers grows {grow_b:.1f}× for backprop (stored activations) and {grow_f:.2f}× "
+            f"for the forward gradient; at depth {d1} the forward-gradient step's total peak is "
+            f"{ratio:.2f}× backprop's (the paper reports equal memory for both). R_f ranges "
+            f"{np.nanmin(s['R_f']):.2f}–{np.nanmax(s['R_f']):.2f} and R_b "
+            f"{np.nanmin(s['R_b']):.2f}–{np.nanmax(s['R_b']):.2f} (paper: R_f {paper_f[0]} → "
+            f"{paper_f[1]}, R_b {paper_b[0]} → {paper_b[1]} from 1 to 100 layers); R_f/R_b is "
+            f"{cheaper} 1.")
+
+
+def depth_sweep_section(exp_dir: Path) -> list[str]:
+    """Markdown body for the depth sweep: one table per batch size, and a generated summary."""
+    result = load_depth_sweep(exp_dir)
+    if result is None:
+        return []
+    cfg = result.get("config", {})
+    lines = [f"MLP of width {cfg.get('width', '?')}, depth = number of hidden layers; R = "
+             "median step time / median time of f (interleaved rounds); memory from XLA's "
+             "analysis of the compiled step (arguments + outputs − donated + temporaries), "
+             "split into parameter-sized buffers (parameters, tangents, gradient, update) and "
+             "the rest (activations and working set). The batch is an argument, so the data "
+             "set never counts."]
+    for b in sorted({r["batch_size"] for r in result["rows"]}):
+        s = depth_series(result, b)
+        lines += ["", f"### batch {b}", ""]
+        lines += markdown_table(DEPTH_HEADER, [_depth_row(s, i) for i in range(len(s["depth"]))])
+        lines += ["", _depth_sentence(s, b)]
+    return lines
+
+
+# ----------------------------------------------------------------------------- figure
+
+
+def plot_depth_sweep(result: dict[str, Any] | None, name: str) -> Figure | None:
+    """Depth sweep, one row per batch size: R_f and R_b vs depth, R_f/R_b vs depth, and the
+    peak memory of both steps vs depth (total solid, beyond parameter-sized buffers dashed)."""
+    if result is None:
+        return None
+    batch_sizes = sorted({r["batch_size"] for r in result["rows"]})
+    fig, axes = _new_figure(len(batch_sizes), 3)
+    for row, b in zip(axes, batch_sizes):
+        s = depth_series(result, b)
+        for key, method in (("f", "forward"), ("b", "backprop")):
+            row[0].plot(s["depth"], s[f"R_{key}"], "o-", color=COLORS[method],
+                        label=f"R_{key} ({METHOD_LABELS[method]})")
+            row[2].plot(s["depth"], s[f"{key}_total"], "o-", color=COLORS[method],
+                        label=f"{METHOD_LABELS[method]}: total")
+            row[2].plot(s["depth"], s[f"{key}_rest"], "s--", color=COLORS[method],
+                        label=f"{METHOD_LABELS[method]}: beyond parameter-sized")
+        row[1].plot(s["depth"], s["R_f"] / s["R_b"], "o-", color="k", label="R_f / R_b")
+        row[1].axhline(1.0, color="gray", lw=0.8, ls=":")
+        for ax in row:
+            ax.set_xscale("log")
+        style_axes(row[0], "depth (hidden layers)", "step time / time of f",
+                   f"batch {b}: runtime cost")
+        style_axes(row[1], "depth (hidden layers)", "R_f / R_b", f"batch {b}: relative cost")
+        style_axes(row[2], "depth (hidden layers)", "peak memory (MiB)",
+                   f"batch {b}: XLA peak memory", logy=True)
+    fig.suptitle(f"{name}: MLP width {result.get('config', {}).get('width', '?')}", fontsize=11)
+    return fig
+
+
+FAMILY = Family(section=depth_sweep_section, load=load_depth_sweep, draw=plot_depth_sweep)
+
+
+# ----------------------------------------------------------------------------- the sweep's files
+
+
+def depth_line(row: dict[str, Any]) -> str:
+    """One progress line of the depth sweep."""
+    ms = {n: e.get("time", {}).get("ms") for n, e in row["methods"].items()}
+    mem = {n: e["memory"] for n, e in row["methods"].items() if "memory" in e}
+    return (f"[depth] B={row['batch_size']} depth={row['depth']}: "
+            + ", ".join(f"{n} {fmt(v)} ms" for n, v in ms.items())
+            + f"; R_f {fmt(row.get('R_f'))}, R_b {fmt(row.get('R_b'))}; "
+            + ", ".join(f"{n} peak {mib(m['total'])} MiB (rest {mib(m['rest'])})"
+                        for n, m in mem.items()))
+
+
+SWEEP_FILE_HEADER = ("B", "depth", "params (MiB)", "R_f", "R_b", "fwd peak", "fwd param-sized",
+                     "fwd rest", "bp peak", "bp param-sized", "bp rest", "fwd/bp peak")
+
+
+def _sweep_file_row(r: dict[str, Any]) -> list[Any]:
+    """One row of ``depth_sweep.md``: every (batch size, depth), memory in MiB."""
+    fw = r["methods"].get("fwd-normal-k1", {}).get("memory", {})
+    bp = r["methods"].get("backprop", {}).get("memory", {})
+    memory = [mib(m.get(part)) for m in (fw, bp) for part in ("total", "parameter_sized", "rest")]
+    return [r["batch_size"], r["depth"], mib(r["param_bytes"]), fmt(r.get("R_f")),
+            fmt(r.get("R_b")), *memory, fmt(r.get("fwd_over_bp_total"), ".2f")]
+
+
+def depth_markdown(result: dict[str, Any]) -> str:
+    """Markdown table of the depth sweep."""
+    env = result["env"]
+    lines = [f"# MLP depth sweep (width {result['config']['width']}): {env.get('device')}", "",
+             f"jax {env.get('jax')}, jaxlib {env.get('jaxlib')}; XLA_FLAGS "
+             f"`{env.get('xla_flags') or '(none)'}`. Peak = XLA memory analysis of the compiled "
+             "step (arguments + outputs − donated + temporaries); rest = what the batch adds "
+             "(peak(B) − peak(B/2), scaled to B: activations, working set, the batch); "
+             "param-sized = peak − rest (parameters, tangents, gradient, update). MiB.", ""]
+    lines += markdown_table(SWEEP_FILE_HEADER, [_sweep_file_row(r) for r in result["rows"]])
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,308 @@
+"""The paper's metrics (Baydin et al. 2022, Section 5), from loaded runs; seeds aggregated.
+
+* ``T(f)``: median time of one loss evaluation on one batch (``f_ms`` of a run's summary).
+* ``R_f = T(forward-gradient step) / T(f)``, ``R_b = T(backprop step) / T(f)``, each from one
+  run's own ``ms_per_step`` and ``f_ms``.
+* ``T_b``: wall time at which backprop's training loss, smoothed by a trailing running mean of
+  :data:`SMOOTH_WINDOW` steps, first reaches its own minimum (its "best loss"); ``T_f``: the
+  wall time at which forward gradient's smoothed loss first falls to that value, for the same
+  seed (both methods of a seed start from the same parameters and see the same batches).
+
+Values are the mean ± standard deviation (population, ddof = 0) over seeds (:func:`aggregate`);
+runs that diverged or did not finish are left out of every mean.
+
+Beyond the paper: MNIST runs may be tagged with a ``variant`` (a method with config overrides,
+e.g. K tangents or Adam); runs are grouped by variant, which defaults to the method, so
+experiments without variants read as before. Also the metrics of the estimator-quality,
+learning-rate and depth sweeps.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fgrad.analysis.runs import Excluded, MnistRun, _number, run_setting, run_variant
+
+SMOOTH_WINDOW = 100
+METHODS = ("forward", "backprop")
+METHOD_LABELS = {"forward": "forward gradient", "backprop": "backprop"}
+MIB = 2.0**20
+
+
+def running_mean(values: np.ndarray, window: int = SMOOTH_WINDOW) -> np.ndarray:
+    """Trailing running mean over ``window`` values (fewer when there are fewer values): entry
+    ``j`` averages ``values[j : j + w]``, so it belongs to index ``j + w - 1``."""
+    w = max(1, min(int(window), len(values)))
+    c = np.cumsum(np.concatenate([[0.0], np.asarray(values, np.float64)]))
+    return (c[w:] - c[:-w]) / w
+
+
+def smoothed_loss(run: MnistRun, window: int = SMOOTH_WINDOW
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, times, smoothed loss) of a run, the running mean aligned to its last step."""
+    s = running_mean(run.loss, window)
+    first = len(run.loss) - len(s)
+    return run.step[first:], run.time[first:], s
+
+
+def best_loss(run: MnistRun, window: int = SMOOTH_WINDOW) -> float:
+    """The lowest smoothed training loss of a run."""
+    return float(np.min(smoothed_loss(run, window)[2]))
+
+
+def time_to_reach(run: MnistRun, target: float, window: int = SMOOTH_WINDOW) -> float:
+    """Wall time at which the run's smoothed loss first is ≤ ``target``; inf if it never is."""
+    _, times, s = smoothed_loss(run, window)
+    hit = np.flatnonzero(s <= target)
+    return float(times[hit[0]]) if hit.size else math.inf
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0 or not math.isfinite(b):
+        return None
+    return a / b
+
+
+def _mean_of(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _step_memory(mem: dict[str, Any]) -> float | None:
+    """XLA's peak estimate for one compiled step, less the on-device training set it takes as
+    an argument (the same for both methods), in bytes."""
+    peak = _number((mem.get("step_xla") or {}).get("peak_estimate"))
+    return None if peak is None else peak - (_number(mem.get("data_bytes")) or 0.0)
+
+
+def run_metrics(run: MnistRun) -> dict[str, float | None]:
+    """One run's ``ms`` per step, ``f_ms`` (T(f)), ``R`` = ms / f_ms, final training ``loss``,
+    final test ``acc``, ``mem`` (MiB, XLA's estimate for one step beyond the training set),
+    ``dev`` (MiB, device peak)."""
+    s = run.summary
+    mem = s.get("memory") or {}
+    ms, f_ms = _number(s.get("ms_per_step")), _number(s.get("f_ms"))
+    return {"ms": ms, "f_ms": f_ms, "R": _ratio(ms, f_ms),
+            "loss": _number(s.get("final_train_loss")),
+            "acc": _number((s.get("final_eval") or {}).get("test_acc")),
+            "mem": _ratio(_step_memory(mem), MIB),
+            "dev": _ratio(_number(mem.get("device_peak")), MIB)}
+
+
+def _method_metrics(run: MnistRun, method: str) -> dict[str, float | None]:
+    """:func:`run_metrics` keyed by method: ``ms_forward``, ``R_f``, ``loss_forward``, ..."""
+    return {f"R_{method[0]}" if k == "R" else f"{k}_{method}": v
+            for k, v in run_metrics(run).items()}
+
+
+def seed_metrics(forward: MnistRun | None, backprop: MnistRun | None,
+                 window: int = SMOOTH_WINDOW) -> dict[str, float | None]:
+    """Every metric of one seed from its complete runs (either may be None).
+
+    Keys: ``f_ms`` (mean of both runs' T(f)), ``ms_forward``, ``ms_backprop``, ``R_f``, ``R_b``,
+    ``R_f/R_b``, ``target`` (backprop's best smoothed loss), ``T_f``, ``T_b``, ``T_f/T_b``
+    (inf when forward gradient never reaches the target), ``loss_*``, ``acc_*``, ``mem_*``
+    (MiB, XLA's estimate for one compiled step), ``dev_*`` (MiB, device allocator peak).
+    """
+    m: dict[str, float | None] = {}
+    for method, run in (("forward", forward), ("backprop", backprop)):
+        if run is not None:
+            m.update(_method_metrics(run, method))
+    m["f_ms"] = _mean_of([m.get("f_ms_forward"), m.get("f_ms_backprop")])
+    m["R_f/R_b"] = _ratio(m.get("R_f"), m.get("R_b"))
+    if forward is not None and backprop is not None:
+        m["target"] = best_loss(backprop, window)
+        m["T_b"] = time_to_reach(backprop, m["target"], window)
+        m["T_f"] = time_to_reach(forward, m["target"], window)
+        m["T_f/T_b"] = _ratio(m["T_f"], m["T_b"])
+    return m
+
+
+def group_runs(runs: Iterable[MnistRun]) -> dict[float, dict[int, dict[str, MnistRun]]]:
+    """Runs by learning rate, then seed, then variant (the method, for configs without
+    variants)."""
+    groups: dict[float, dict[int, dict[str, MnistRun]]] = {}
+    for r in runs:
+        groups.setdefault(r.learning_rate, {}).setdefault(r.seed, {})[r.variant] = r
+    return dict(sorted(groups.items()))
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key reading digit runs as numbers (``K4`` before ``K16``)."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name)]
+
+
+def group_variants(runs: Iterable[MnistRun]
+                   ) -> dict[str, dict[float, dict[int, MnistRun]]]:
+    """Runs by variant (natural order), then learning rate, then seed."""
+    groups: dict[str, dict[float, dict[int, MnistRun]]] = {}
+    for r in runs:
+        groups.setdefault(r.variant, {}).setdefault(r.learning_rate, {})[r.seed] = r
+    return {v: dict(sorted(groups[v].items())) for v in sorted(groups, key=natural_key)}
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean ± std over the seeds with a finite value; ``missed`` seeds had inf (not reached)."""
+
+    mean: float
+    std: float
+    n: int
+    missed: int
+
+
+def aggregate(values: Iterable[float | None]) -> Stat | None:
+    """Mean ± population std of the finite values; None when no seed has the value."""
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return None
+    finite = [v for v in vals if math.isfinite(v)]
+    mean = float(np.mean(finite)) if finite else math.inf
+    std = float(np.std(finite)) if finite else math.nan
+    return Stat(mean, std, len(finite), len(vals) - len(finite))
+
+
+def lr_stats(seeds: dict[int, dict[str, MnistRun]], window: int = SMOOTH_WINDOW
+             ) -> dict[str, Stat | None]:
+    """Every metric of one learning rate, aggregated over its seeds."""
+    per_seed = [seed_metrics(r.get("forward"), r.get("backprop"), window)
+                for _, r in sorted(seeds.items())]
+    keys = {k for m in per_seed for k in m}
+    return {k: aggregate(m.get(k) for m in per_seed) for k in keys}
+
+
+def quality_ratios(row: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(E[cos²] measured / theory, mean Var[g_i] measured / theory) of one row (None: no
+    theory)."""
+    return (_ratio(_number(row["cos2_mean"]), _number(row["cos2_theory"])),
+            _ratio(_number(row["var_mean"]), _number(row["var_theory"])))
+
+
+def mean_cosine(run: MnistRun) -> float | None:
+    """Mean of the run's logged cosines with the exact gradient (None when none was logged)."""
+    finite = run.cosine[np.isfinite(run.cosine)]
+    return float(finite.mean()) if finite.size else None
+
+
+BackpropTimes = dict[tuple[int, float | None], float]
+
+
+def backprop_ms(runs: Iterable[MnistRun]) -> BackpropTimes:
+    """ms per step of the complete backprop runs (mean over backprop variants) by (seed, η₀),
+    and by (seed, None) over all η₀ of the seed."""
+    per: dict[tuple[int, float | None], list[float | None]] = {}
+    for r in runs:
+        if r.method == "backprop":
+            ms = _number(r.summary.get("ms_per_step"))
+            for key in ((r.seed, r.learning_rate), (r.seed, None)):
+                per.setdefault(key, []).append(ms)
+    means = {key: _mean_of(ms) for key, ms in per.items()}
+    return {key: ms for key, ms in means.items() if ms is not None}
+
+
+def variant_stats(seeds: dict[int, MnistRun], bp_ms: BackpropTimes) -> dict[str, Stat | None]:
+    """:func:`run_metrics` of one (variant, η₀) over its seeds, with ``vs_backprop`` (step time /
+    backprop's step time, same seed and η₀ where run, else its mean over η₀) and ``cosine``
+    (:func:`mean_cosine`)."""
+    per_seed = []
+    for seed, run in sorted(seeds.items()):
+        m = run_metrics(run)
+        bp = bp_ms.get((seed, run.learning_rate), bp_ms.get((seed, None)))
+        m.update(vs_backprop=_ratio(m["ms"], bp), cosine=mean_cosine(run))
+        per_seed.append(m)
+    return {k: aggregate(m[k] for m in per_seed) for k in per_seed[0]}
+
+
+SweepKey = tuple[str, float]
+
+
+def _failures(excluded: Iterable[Excluded]) -> dict[SweepKey, list[Excluded]]:
+    """The runs left out, by (variant, η₀)."""
+    out: dict[SweepKey, list[Excluded]] = {}
+    for e in excluded:
+        key = (run_variant(e.summary), float(e.summary["learning_rate"]))
+        out.setdefault(key, []).append(e)
+    return out
+
+
+def best_rates(runs: Sequence[MnistRun], excluded: Sequence[Excluded] = ()
+               ) -> dict[str, float]:
+    """Per variant, the η₀ with the lowest mean final training loss over seeds, among the η₀
+    whose runs all completed (none diverged or was interrupted)."""
+    failed = _failures(excluded)
+    best = {}
+    for variant, by_lr in group_variants(runs).items():
+        losses = {lr: aggregate(_number(r.summary.get("final_train_loss"))
+                                for r in seeds.values())
+                  for lr, seeds in by_lr.items() if (variant, lr) not in failed}
+        losses = {lr: s.mean for lr, s in losses.items() if s is not None and s.n}
+        if losses:
+            best[variant] = min(losses, key=losses.__getitem__)
+    return best
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One (variant, η₀) of a learning-rate sweep: its complete runs' stats, the failed runs."""
+
+    variant: str
+    method: str
+    optimizer: str
+    lr: float
+    stats: dict[str, Stat | None]
+    failed: list[Excluded]
+
+    @property
+    def usable(self) -> bool:
+        """Every run completed, so the point takes part in the choice of the best η₀."""
+        return not self.failed and self.stats.get("loss") is not None
+
+
+def sweep_points(runs: Sequence[MnistRun], excluded: Sequence[Excluded]
+                 ) -> dict[SweepKey, SweepPoint]:
+    """Every (variant, η₀) with a run, complete or not, in variant then η₀ order."""
+    grouped, failed = group_variants(runs), _failures(excluded)
+    bp_ms = backprop_ms(runs)
+    stats = {(v, lr): variant_stats(seeds, bp_ms) for v, by_lr in grouped.items()
+             for lr, seeds in by_lr.items()}
+    first: dict[SweepKey, MnistRun | Excluded] = {
+        (v, lr): next(iter(seeds.values())) for v, by_lr in grouped.items()
+        for lr, seeds in by_lr.items()}
+    for key, fails in failed.items():
+        first.setdefault(key, fails[0])
+    keys = sorted(first, key=lambda k: (natural_key(k[0]), k[1]))
+    return {k: SweepPoint(k[0], str(first[k].summary["method"]),
+                          str(run_setting(first[k], "optimizer", "sgd")), k[1],
+                          stats.get(k, {}), failed.get(k, [])) for k in keys}
+
+
+def depth_fwd_method(row: dict[str, Any]) -> str:
+    """The forward-gradient entry of a depth-sweep row (normal tangents, K = 1, if present)."""
+    fwd = [m for m in row["methods"] if m.startswith("fwd")]
+    return "fwd-normal-k1" if "fwd-normal-k1" in fwd else fwd[0]
+
+
+def depth_series(result: dict[str, Any], batch_size: int) -> dict[str, np.ndarray]:
+    """Per depth at one batch size: R_f, R_b and the memory of both steps (MiB)."""
+    rows = sorted((r for r in result["rows"] if r["batch_size"] == batch_size),
+                  key=lambda r: r["depth"])
+
+    def get(r: dict[str, Any], method: str, *keys: str) -> float:
+        v = r["methods"][method]
+        for k in keys:
+            v = v.get(k) if isinstance(v, dict) else None
+        return np.nan if v is None else float(v)
+
+    out = {"depth": np.array([r["depth"] for r in rows], float)}
+    for label, method in (("f", None), ("b", "backprop")):
+        out[f"R_{label}"] = np.array([get(r, method or depth_fwd_method(r), "R") for r in rows])
+        for part in ("total", "parameter_sized", "rest"):
+            out[f"{label}_{part}"] = np.array(
+                [get(r, method or depth_fwd_method(r), "memory", part) for r in rows]) / MIB
+    return out

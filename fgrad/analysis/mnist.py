@@ -1,0 +1,212 @@
+"""MNIST experiments (logistic regression, MLP, CNN): the report section and the figure.
+
+The section has one table per learning rate η₀ with the paper's metrics (see
+:mod:`fgrad.analysis.metrics`) beside its published values, and a generated summary; the figure
+one row of panels per η₀.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from fgrad.analysis.family import Family
+from fgrad.analysis.metrics import (
+    METHOD_LABELS,
+    METHODS,
+    SMOOTH_WINDOW,
+    Stat,
+    group_runs,
+    lr_stats,
+)
+from fgrad.analysis.plotting import _new_figure, band, mark_times, mnist_curves, style_axes
+from fgrad.analysis.runs import MnistRun, load_mnist_runs
+from fgrad.analysis.tables import excluded_lines, format_stat, markdown_table, setup_line
+
+# The paper's published numbers (read off its figures), by experiment and learning rate η₀
+# (None: any rate). Keys are metric names of :data:`MNIST_ROWS`.
+PAPER: dict[str, dict[float | None, dict[str, float]]] = {
+    "logreg": {None: {"T_f/T_b": 0.553}},
+    "mlp": {
+        2e-5: {"T_f": 165.8, "T_b": 292.4, "T_f/T_b": 0.567, "R_f": 2.329, "R_b": 3.971,
+               "R_f/R_b": 0.586},
+        2e-4: {"T_f": 68.0, "T_b": 297.0, "T_f/T_b": 0.229, "R_f": 2.607, "R_b": 4.359,
+               "R_f/R_b": 0.598},
+    },
+}
+
+# ----------------------------------------------------------------------------- section
+
+
+def _mnist_rows(window: int) -> list[tuple[str, str]]:
+    """(metric key, row label) of an MNIST learning-rate table."""
+    rows = [("f_ms", "T(f): loss on one batch, ms"),
+            ("ms_forward", "forward-gradient step, ms"),
+            ("ms_backprop", "backprop step, ms"),
+            ("R_f", "R_f = T(fwd-grad step) / T(f)"),
+            ("R_b", "R_b = T(backprop step) / T(f)"),
+            ("R_f/R_b", "R_f / R_b"),
+            ("target", f"backprop's best training loss (running mean of {window} steps)"),
+            ("T_f", "T_f: wall time for forward gradient to reach it, s"),
+            ("T_b", "T_b: wall time for backprop to reach it, s"),
+            ("T_f/T_b", "T_f / T_b")]
+    for key, label in (("loss", "final training loss (mean of last 100 steps)"),
+                       ("acc", "final test accuracy"),
+                       ("mem", "memory of one step beyond the training set (XLA estimate), MiB"),
+                       ("dev", "device allocator peak, MiB")):
+        rows += [(f"{key}_{m}", f"{label}, {METHOD_LABELS[m]}") for m in METHODS]
+    return rows
+
+
+MNIST_ROWS = _mnist_rows(SMOOTH_WINDOW)
+
+
+def paper_values(experiment: str, learning_rate: float) -> dict[str, float]:
+    """The paper's published metrics for this experiment and η₀ (empty where it has none)."""
+    by_lr = PAPER.get(experiment, {})
+    for lr, values in by_lr.items():
+        if lr is None or math.isclose(lr, learning_rate, rel_tol=1e-6):
+            return values
+    return {}
+
+
+def _lr_table(stats: dict[str, Stat | None], paper: dict[str, float]) -> list[str]:
+    rows = [[label, format_stat(stats.get(key)), f"{paper[key]:g}" if key in paper else ""]
+            for key, label in MNIST_ROWS
+            if stats.get(key) is not None or key in paper]
+    return markdown_table(["quantity", "this reproduction, mean ± std", "paper"], rows)
+
+
+def _direction(measured: float, paper: float | None) -> str:
+    """A ratio's published value and whether both lie on the same side of 1 ("" if none)."""
+    if paper is None:
+        return ""
+    side = "same side of 1" if (measured < 1) == (paper < 1) else "opposite side of 1"
+    return f"; paper: {paper:g}, {side}"
+
+
+def _speed_sentence(stats: dict[str, Stat | None], paper: dict[str, float]) -> str:
+    rf, rb, ratio = stats.get("R_f"), stats.get("R_b"), stats.get("R_f/R_b")
+    if rf is None or rb is None or ratio is None:
+        return "Per-step cost ratios are not available (T(f) or a method's runs missing)."
+    published = (f" (paper: {paper['R_f']:g} and {paper['R_b']:g})"
+                 if "R_f" in paper and "R_b" in paper else "")
+    cheaper = "cheaper" if ratio.mean < 1 else "NOT cheaper"
+    return (f"A forward-gradient step cost R_f = {rf.mean:.3g} loss evaluations and a backprop "
+            f"step R_b = {rb.mean:.3g}{published}: forward-gradient steps were {cheaper} than "
+            f"backprop steps (R_f/R_b = {ratio.mean:.3g}"
+            f"{_direction(ratio.mean, paper.get('R_f/R_b'))}).")
+
+
+def _time_sentence(stats: dict[str, Stat | None], paper: dict[str, float], steps: int,
+                   window: int) -> str:
+    tf, tb, ratio, target = (stats.get(k) for k in ("T_f", "T_b", "T_f/T_b", "target"))
+    if tf is None or tb is None or ratio is None or target is None:
+        return "No seed has complete runs of both methods, so T_f/T_b is not available."
+    goal = f"backprop's best training loss ({target.mean:.4g}, running mean of {window} steps)"
+    paper_note = (f"; the paper reports T_f/T_b = {paper['T_f/T_b']:g}, forward gradient "
+                  f"{1 / paper['T_f/T_b']:.3g}× faster" if "T_f/T_b" in paper else "")
+    total = ratio.n + ratio.missed
+    if ratio.n == 0:
+        return (f"forward gradient did not reach {goal} within {steps} steps in any of {total} "
+                f"seed(s){paper_note}.")
+    speed = (f"{1 / ratio.mean:.3g}× faster" if ratio.mean < 1 else
+             f"{ratio.mean:.3g}× slower")
+    text = (f"forward gradient reached {goal} {speed} than backprop (T_f = {tf.mean:.3g} s, "
+            f"T_b = {tb.mean:.3g} s, T_f/T_b = {ratio.mean:.3g})")
+    if ratio.missed:
+        text += (f", in the {ratio.n} of {total} seed(s) where it reached it at all within "
+                 f"{steps} steps")
+    text += paper_note
+    if "T_f/T_b" in paper:
+        agrees = ratio.missed == 0 and (ratio.mean < 1) == (paper["T_f/T_b"] < 1)
+        text += ": this agrees with the paper in direction" if agrees else \
+            ": this does not agree with the paper"
+    return text + "."
+
+
+def _accuracy_sentence(stats: dict[str, Stat | None]) -> str:
+    af, ab = stats.get("acc_forward"), stats.get("acc_backprop")
+    if af is None or ab is None:
+        return ""
+    return (f"Final test accuracy: forward gradient {af.mean:.4g}, backprop {ab.mean:.4g}.")
+
+
+def _steps_of(seeds: dict[int, dict[str, MnistRun]]) -> int:
+    return max(int(r.summary["steps"]) for runs in seeds.values() for r in runs.values())
+
+
+def mnist_section(exp_dir: Path, window: int = SMOOTH_WINDOW) -> list[str]:
+    """Markdown body for an MNIST experiment: one table per learning rate and a summary."""
+    runs, excluded = load_mnist_runs(exp_dir)
+    if not runs and not excluded:
+        return []
+    experiment = exp_dir.name
+    lines, summary = [], []
+    for lr, seeds in group_runs(runs).items():
+        stats = lr_stats(seeds, window)
+        paper = paper_values(experiment, lr)
+        steps = _steps_of(seeds)
+        lr_runs = [r for by_variant in seeds.values() for r in by_variant.values()]
+        lines += ["", f"### η₀ = {lr:g}", "", setup_line(lr_runs), ""]
+        lines += _lr_table(stats, paper)
+        summary.append(f"At η₀ = {lr:g}: " + " ".join(
+            s for s in (_time_sentence(stats, paper, steps, window),
+                        _speed_sentence(stats, paper), _accuracy_sentence(stats)) if s))
+    if summary:
+        lines += ["", "**Summary.** " + " ".join(summary)]
+    else:
+        lines += ["", "No complete runs."]
+    return lines[1:] + excluded_lines(excluded)
+
+
+# ----------------------------------------------------------------------------- figure
+
+
+def _mnist_row(axes: Sequence[Axes], lr: float, seeds: dict[int, dict[str, MnistRun]]) -> None:
+    by_method = {m: [runs[m] for _, runs in sorted(seeds.items()) if m in runs] for m in METHODS}
+    smooth = f"training loss (mean of {SMOOTH_WINDOW} steps)"
+    for method, runs in by_method.items():
+        if not runs:
+            continue
+        c = mnist_curves(runs)
+        label = f"{METHOD_LABELS[method]}, η₀ = {lr:g}"
+        band(axes[0], c["steps"], c["loss"], method, label)
+        band(axes[1], c["loss_time"].mean(axis=0), c["loss"], method, label)
+        band(axes[2], c["step"], c["time"], method, label)
+        band(axes[3], c["eval_time"].mean(axis=0), c["acc"], method, label)
+    stats = lr_stats(seeds)  # T_f, T_b: the report's numbers (mean over seeds; inf: never)
+    mark_times(axes[1], {m: (s.mean if (s := stats.get(f"T_{m[0]}")) else None)
+                         for m in METHODS})
+    tag = f"η₀ = {lr:g}"
+    style_axes(axes[0], "iteration", smooth, f"loss vs iterations ({tag})", logy=True)
+    style_axes(axes[1], "wall time (s)", smooth, f"loss vs time ({tag})", logy=True)
+    style_axes(axes[2], "iteration", "wall time (s)", f"time vs iterations ({tag})")
+    style_axes(axes[3], "wall time (s)", "test accuracy", f"test accuracy vs time ({tag})")
+
+
+def load_mnist(exp_dir: Path) -> dict[float, dict[int, dict[str, MnistRun]]]:
+    """Complete MNIST runs by learning rate, seed and method."""
+    return group_runs(load_mnist_runs(exp_dir)[0])
+
+
+def plot_mnist(groups: dict[float, dict[int, dict[str, MnistRun]]], name: str
+               ) -> Figure | None:
+    """An MNIST experiment, one row per learning rate: loss vs iterations, loss vs time (marked
+    where each method first reaches backprop's best loss), time vs iterations, accuracy vs
+    time."""
+    if not groups:
+        return None
+    fig, axes = _new_figure(len(groups), 4)
+    for row, (lr, seeds) in zip(axes, groups.items()):
+        _mnist_row(row, lr, seeds)
+    fig.suptitle(f"{name}: forward gradient vs backprop (mean over seeds, min–max shaded; "
+                 "dotted: first time each reaches backprop's best smoothed loss)", fontsize=11)
+    return fig
+
+
+FAMILY = Family(section=mnist_section, load=load_mnist, draw=plot_mnist)

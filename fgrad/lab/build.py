@@ -1,0 +1,113 @@
+"""From a config to built objects: model, parameters, loss, gradient source, optimizer, mesh.
+
+The one place a config is turned into what the training layer takes (:mod:`fgrad.train`);
+shared by training, the benchmark, the estimator-quality experiment and the data-parallel
+checks, so each builds a model, its loss and its optimizer the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import flax.linen as nn
+import jax
+import optax
+
+from fgrad._models import cross_entropy_loss, init_params, make_model
+from fgrad._schedules import make_optimizer
+from fgrad._transforms import SOURCES
+from fgrad._types import PyTree
+from fgrad.train.parallel import DATA_AXIS
+from fgrad.train.step import TrainState, init_state
+
+METHODS = tuple(SOURCES)
+# Config keys that configure the forward-gradient estimator (forward_gradient_source's options).
+ESTIMATOR_KEYS = ("num_tangents", "distribution", "combine", "derivative", "fd_epsilon",
+                  "diagnostics")
+
+# Steps per compiled call, by (model, backend); chosen by measurement (experiments/bench.py,
+# results/bench/cpu-amd-epyc-2c.md, "Loop style" table: every step method of a model timed one
+# step per call from a Python loop and as a lax.scan, batch 64, XLA:CPU with fgrad's flags):
+# * logreg: a scan of 50 is 1.6–2.7× faster per step than a Python loop (the ~50 µs dispatch
+#   per call is larger than the step itself) → scan (the fallback).
+# * mlp: a scan is 1.01–1.29× faster for every method → scan (the fallback).
+# * cnn: the backprop step inside a scan is ~56× slower (9.7 s vs 0.17 s per step): inside
+#   the while loop XLA:CPU gets the weight-gradient convolution in a layout (f01b_i01o->01bf)
+#   its Eigen convolution does not take and falls back to a naive loop. f and the
+#   forward-gradient steps are only 4–7 % faster in a scan, so one step per call keeps every
+#   method within 1.2× of its fastest loop style.
+# Other backends use the fallback (a scan amortises dispatch; not yet measured on GPU).
+DEFAULT_STEPS_PER_CALL = {("cnn", "cpu"): 1}
+FALLBACK_STEPS_PER_CALL = 50
+
+
+def steps_per_call(model: str, backend: str, requested: int | None) -> int:
+    """The configured steps per compiled call, or the measured default for (model, backend)."""
+    if requested is not None:
+        if int(requested) < 1:
+            raise ValueError(f"steps_per_call must be >= 1, got {requested}")
+        return int(requested)
+    return DEFAULT_STEPS_PER_CALL.get((model, backend), FALLBACK_STEPS_PER_CALL)
+
+
+def make_source(method: str, seed: int, options: Mapping[str, Any],
+                axis_name: str | None = None) -> optax.GradientTransformationExtraArgs:
+    """The gradient source for ``method``; estimator options are read from ``options``.
+
+    Args:
+      method: a name of :data:`fgrad._transforms.SOURCES` (``"forward"`` or ``"backprop"``).
+      seed: the tangents' seed (forward only).
+      options: a config or dict; its keys among :data:`ESTIMATOR_KEYS` configure the forward
+        gradient (others are ignored).
+      axis_name: the data-parallel mesh axis the source averages over (see
+        :mod:`fgrad.train.parallel`); None on a single device.
+
+    Returns:
+      An optax gradient source taking ``value_fn``.
+    """
+    if method == "backprop":
+        return SOURCES[method](axis_name)
+    if method == "forward":
+        opts = {k: options[k] for k in ESTIMATOR_KEYS if k in options and options[k] is not None}
+        return SOURCES[method](seed, axis_name=axis_name, **opts)
+    raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model with its parameters and its loss ``loss(params, images, labels)``."""
+
+    module: nn.Module
+    params: PyTree
+    loss_fn: Callable[[PyTree, jax.Array, jax.Array], jax.Array]
+
+    @property
+    def num_params(self) -> int:
+        return int(sum(x.size for x in jax.tree.leaves(self.params)))
+
+    @property
+    def param_bytes(self) -> int:
+        return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(self.params)))
+
+
+def build_model(name: str, model_kwargs: Mapping[str, Any], key: jax.Array) -> Model:
+    """The model ``name`` with ``model_kwargs``, its parameters from ``key`` and its
+    cross-entropy loss."""
+    module = make_model(name, **dict(model_kwargs))
+    return Model(module, init_params(module, key), cross_entropy_loss(module))
+
+
+def build_optimizer(method: str, learning_rate: float, seed: int, cfg: Mapping[str, Any],
+                    data_parallel: bool = False) -> optax.GradientTransformationExtraArgs:
+    """``optax.chain(source, optimizer(η₀·e^(−ik)))`` of a config (``decay``, ``optimizer``
+    and the estimator options)."""
+    source = make_source(method, seed, cfg, DATA_AXIS if data_parallel else None)
+    return make_optimizer(source, learning_rate, decay=cfg.get("decay", 1e-4),
+                          optimizer=cfg.get("optimizer", "sgd"))
+
+
+def build_state(model: Model, tx: optax.GradientTransformation) -> TrainState:
+    """The initial train state of ``model`` under ``tx``."""
+    return init_state(model.params, tx)

@@ -1,0 +1,321 @@
+"""The timed callables of a benchmark case and the timing protocol.
+
+A benchmark *method* (:class:`Method`) is f alone, a training step (backprop or forward
+gradient with a tangent distribution and K), or drawing the tangents alone. Steps are built
+with the training layer's own :func:`~fgrad.train.step.make_train_step` and the experiment
+layer's :func:`~fgrad.lab.build.build_optimizer`, jitted with the state donated, on a synthetic
+batch passed as argument (so the data set never counts in memory).
+
+Protocol (:func:`time_interleaved`): every callable of a case is compiled and warmed up first,
+then timed in interleaved rounds (each round runs every method once, in a rotated order, for
+≥ ``min_round_s``) and the median over rounds is reported, so load from other processes hits
+all methods alike.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import multiprocessing
+import re
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fgrad._memory import compiled_memory
+from fgrad._models import IMAGE_SHAPE, NUM_CLASSES
+from fgrad._tangents import DISTRIBUTIONS, sample_tangents
+from fgrad._types import PyTree
+from fgrad.lab.build import build_optimizer
+from fgrad.train.step import Data, TrainState, init_state, make_multi_step, make_train_step
+
+LOOPS = ("python", "scan")
+# A learning rate small enough that thousands of timed steps leave the parameters near their
+# initial values (the step's arithmetic does not depend on its value).
+BENCH_LEARNING_RATE = 1e-6
+
+
+class Method(NamedTuple):
+    """One timed callable of a benchmark case.
+
+    Attributes:
+      name: e.g. ``"f"``, ``"backprop"``, ``"fwd-normal-k1"``, ``"sample-normal-k1"``.
+      kind: ``"f"`` (the loss alone), ``"step"`` (a training step) or ``"sample"`` (drawing
+        the tangents alone).
+      source: ``"backprop"`` or ``"forward"`` for steps, else None.
+      distribution: the tangent distribution (forward steps and sampling), else None.
+      num_tangents: K (forward steps and sampling), else None.
+    """
+
+    name: str
+    kind: str
+    source: str | None = None
+    distribution: str | None = None
+    num_tangents: int | None = None
+
+
+def default_methods(distributions: Sequence[str] = DISTRIBUTIONS,
+                    num_tangents: Sequence[int] = (1, 4)) -> list[Method]:
+    """f, the backprop step, and a forward step plus its sampling per (distribution, K)."""
+    out = [Method("f", "f"), Method("backprop", "step", "backprop")]
+    for dist in distributions:
+        for k in num_tangents:
+            out.append(Method(f"fwd-{dist}-k{k}", "step", "forward", dist, k))
+    for dist in distributions:
+        for k in num_tangents:
+            out.append(Method(f"sample-{dist}-k{k}", "sample", None, dist, k))
+    return out
+
+
+def method_from_name(name: str) -> Method:
+    """The :class:`Method` a name like ``"fwd-normal-k4"`` or ``"backprop"`` stands for."""
+    if name in ("f", "backprop"):
+        return Method(name, "f" if name == "f" else "step", None if name == "f" else name)
+    dists = "|".join(DISTRIBUTIONS)
+    m = re.fullmatch(rf"(fwd|sample)-({dists})-k(\d+)", name)
+    if not m:
+        raise ValueError(f"unknown benchmark method {name!r}: use f, backprop, "
+                         f"fwd-<{dists}>-k<K> or sample-<{dists}>-k<K>")
+    kind = "step" if m[1] == "fwd" else "sample"
+    return Method(name, kind, "forward" if kind == "step" else None, m[2], int(m[3]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Building the callables
+# ----------------------------------------------------------------------------------------------
+
+
+def synthetic_data(batch_size: int, seed: int = 0) -> Data:
+    """One batch of random images in [0, 1) and labels, as the training loop's :class:`Data`
+    (a single epoch whose permutation is the identity)."""
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    images = jax.random.uniform(k1, (batch_size, *IMAGE_SHAPE), jnp.float32)
+    labels = jax.random.randint(k2, (batch_size,), 0, NUM_CLASSES, jnp.int32)
+    return Data(images, labels, jnp.arange(batch_size, dtype=jnp.int32)[None])
+
+
+def _f_fn(loss_fn: Callable, scan_steps: int) -> Callable:
+    """f(params, images, labels), or a scan of it whose steps depend on each other (the input is
+    shifted by 0·f of the previous step, so XLA cannot hoist f out of the loop)."""
+    if scan_steps == 1:
+        return loss_fn
+
+    def f_scan(params, images, labels):
+        def body(c, _):
+            loss = loss_fn(params, images + c, labels)
+            return loss * 0.0, loss
+        return jax.lax.scan(body, jnp.zeros((), images.dtype), length=scan_steps)[1]
+
+    return f_scan
+
+
+def _sample_fn(method: Method, scan_steps: int) -> Callable:
+    """sample(key, params) -> tangents, or a scan that draws fresh tangents each step (and sums
+    them, so every entry is computed)."""
+    draw = partial(sample_tangents, num_tangents=method.num_tangents,
+                   distribution=method.distribution)
+    if scan_steps == 1:
+        return draw
+
+    def sample_scan(key, params):
+        def body(carry, _):
+            key, acc = carry
+            key, sub = jax.random.split(key)
+            total = sum(jnp.sum(v, dtype=jnp.float32) for v in jax.tree.leaves(draw(sub, params)))
+            return (key, acc + total), None
+        return jax.lax.scan(body, (key, jnp.zeros((), jnp.float32)), length=scan_steps)[0][1]
+
+    return sample_scan
+
+
+def _step_parts(method: Method, loss_fn: Callable, params: PyTree, batch_size: int,
+                seed: int) -> tuple[Callable, TrainState]:
+    """The training step (``make_train_step``) of a step method and its initial state."""
+    tx = build_optimizer(method.source, BENCH_LEARNING_RATE, seed, method._asdict())
+    state = init_state(params, tx)
+    return make_train_step(loss_fn, tx, batch_size), state
+
+
+def _copy(tree: PyTree) -> PyTree:
+    return jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, tree)
+
+
+class Compiled(NamedTuple):
+    """A compiled callable ready to time: ``run()`` makes one call and blocks."""
+
+    run: Callable[[], None]
+    compiled: Any
+    compile_s: float
+    steps: int
+
+
+def compile_method(method: Method, loss_fn: Callable, params: PyTree, data: Data,
+                   scan_steps: int = 1, seed: int = 0,
+                   compiler_options: dict[str, Any] | None = None) -> Compiled:
+    """Compiles one method (``scan_steps`` steps per call) and wraps it for timing.
+
+    Args:
+      method: what to compile.
+      loss_fn: ``loss(params, images, labels)``.
+      params: the model's parameters (copied; steps donate their own state).
+      data: the batch (:func:`synthetic_data`).
+      scan_steps: steps per call; 1 is a plain jitted step.
+      seed: the tangents' seed.
+      compiler_options: XLA debug options for this compilation only (e.g. to compare flags in
+        one process).
+
+    Returns:
+      A :class:`Compiled`.
+    """
+    opts = compiler_options or None
+    batch_size = int(data.images.shape[0])
+    t0 = time.perf_counter()
+    if method.kind == "f":
+        x, y = data.images, data.labels
+        compiled = jax.jit(_f_fn(loss_fn, scan_steps)).lower(params, x, y).compile(opts)
+        compile_s = time.perf_counter() - t0
+        return Compiled(lambda: jax.block_until_ready(compiled(params, x, y)), compiled,
+                        compile_s, scan_steps)
+    if method.kind == "sample":
+        key = jax.random.key(seed)
+        compiled = jax.jit(_sample_fn(method, scan_steps)).lower(key, params).compile(opts)
+        compile_s = time.perf_counter() - t0
+        return Compiled(lambda: jax.block_until_ready(compiled(key, params)), compiled,
+                        compile_s, scan_steps)
+    step, state = _step_parts(method, loss_fn, params, batch_size, seed)
+    jitted = jax.jit(make_multi_step(step, scan_steps), donate_argnums=0)
+    compiled = jitted.lower(state, data).compile(opts)
+    compile_s = time.perf_counter() - t0
+    cell = [_copy(state)]
+
+    def run():
+        cell[0], losses = compiled(cell[0], data)
+        jax.block_until_ready((cell[0], losses))
+
+    return Compiled(run, compiled, compile_s, scan_steps)
+
+
+def flops(compiled: Any) -> float | None:
+    """XLA's FLOP count of one call of a compiled function (None if not reported)."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - some backends do not implement it
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    value = (cost or {}).get("flops")
+    return float(value) if value is not None and value >= 0 else None
+
+
+def memory(compiled: Any) -> dict[str, int]:
+    """XLA's memory analysis (see :func:`fgrad._memory.compiled_memory`) plus XLA's own peak
+    (``peak_memory_in_bytes``) where the backend reports it."""
+    out = compiled_memory(compiled)
+    ma = compiled.memory_analysis()
+    peak = getattr(ma, "peak_memory_in_bytes", None) if ma is not None else None
+    if peak:
+        out["xla_peak"] = int(peak)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------------------------
+
+
+def time_interleaved(runs: dict[str, Callable[[], None]], steps: dict[str, int], rounds: int,
+                     min_round_s: float = 0.02, warmup: int = 1, budget_s: float | None = None,
+                     max_call_s: float | None = None) -> dict[str, list[float]]:
+    """Per-step wall times (seconds) of several callables, measured in interleaved rounds.
+
+    Each round runs every callable ``n`` times back to back (``n`` chosen once so a round lasts
+    ≥ ``min_round_s``) and records (elapsed / (n · steps)); the order rotates every round.
+
+    Args:
+      runs: name → a function that makes one (blocking) call.
+      steps: name → training steps per call.
+      rounds: number of rounds (samples per callable), at most.
+      min_round_s: minimum duration of one callable's round.
+      warmup: untimed calls of each callable before the rounds.
+      budget_s: if set, fewer rounds (but at least 3) when the estimated time of ``rounds``
+        rounds exceeds it.
+      max_call_s: callables whose single call takes longer than this are timed in one round
+        only (a pathologically slow variant should not eat the budget).
+
+    Returns:
+      name → list of per-step times in seconds (``rounds`` of them, or fewer as above).
+    """
+    names = list(runs)
+    for name in names:
+        for _ in range(warmup):
+            runs[name]()
+    n, call_s = {}, {}
+    for name in names:
+        t0 = time.perf_counter()
+        runs[name]()
+        call_s[name] = time.perf_counter() - t0
+        n[name] = int(min(1000, max(1, math.ceil(min_round_s / max(call_s[name], 1e-7)))))
+    slow = {nm for nm in names if max_call_s is not None and call_s[nm] > max_call_s}
+    round_s = sum(n[nm] * call_s[nm] for nm in names if nm not in slow)
+    if budget_s is not None and round_s > 0:
+        rounds = max(min(rounds, 3), min(rounds, int(budget_s // round_s)))
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            if name in slow and out[name]:
+                continue
+            run = runs[name]
+            t0 = time.perf_counter()
+            for _ in range(n[name]):
+                run()
+            out[name].append((time.perf_counter() - t0) / (n[name] * steps[name]))
+    return out
+
+
+def summarize(samples: list[float]) -> dict[str, float]:
+    """Median, quartiles and minimum of per-step times, in milliseconds."""
+    a = 1e3 * np.asarray(samples)
+    return {"ms": float(np.median(a)), "ms_p25": float(np.percentile(a, 25)),
+            "ms_p75": float(np.percentile(a, 75)), "ms_min": float(a.min()), "n": int(a.size)}
+
+
+def choose_scan_steps(step_s: float, target_call_s: float, max_steps: int) -> int:
+    """Scan length S so one scanned call takes about ``target_call_s`` (2 ≤ S ≤ max_steps)."""
+    return int(min(max_steps, max(2, round(target_call_s / max(step_s, 1e-7)))))
+
+
+
+def median_call_ms(fn: Callable, *args: Any, reps: int = 20) -> float:
+    """Median wall time in ms of an already-compiled ``fn(*args)`` over ``reps`` calls."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def device_slug(env: dict[str, Any]) -> str:
+    """A file-name slug for the machine, e.g. ``"cpu-amd-epyc-2c"`` or ``"gpu-nvidia-h100"``."""
+    def slug(s: str) -> str:
+        s = re.sub(r"\(r\)|\(tm\)|\bcpu\b|processor|\d+-core|@.*$", " ", s.lower())
+        return re.sub(r"[^a-z0-9]+", "-", s).strip("-")
+
+    if env.get("platform") == "cpu":
+        return f"cpu-{slug(str(env.get('cpu', 'unknown')))}-{env.get('cpu_cores')}c"
+    device = str(env.get("device", env.get("platform", "device")))
+    return f"{env.get('platform', 'gpu')}-{slug(device)}"
+
+
+def run_in_subprocess(fn: Callable, *args: Any) -> Any:
+    """``fn(*args)`` in a fresh spawned Python process (its own JAX runtime and peak RSS)."""
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(fn, *args).result()
+

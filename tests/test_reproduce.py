@@ -1,0 +1,79 @@
+"""``python -m fgrad reproduce``: one-line errors, and resuming an interrupted reproduce."""
+
+import json
+from pathlib import Path
+
+import pytest
+from test_analysis import results  # noqa: F401  (the synthetic results folder fixture)
+
+import fgrad.lab.reproduce
+import fgrad.lab.run.test_functions
+from fgrad.lab.cli import main
+
+TINY = '''
+from fgrad.lab.config import defaults, finalize
+
+
+def get_config(preset="cpu"):
+    cfg = defaults("test_functions")
+    cfg.update(name="test_functions", title="Test functions", order=1, chunk=50, seeds=1,
+               functions={{"beale": {{"start": (0.0, 0.5), "learning_rate": 0.01,
+                                     "steps": {beale}}},
+                          "rosenbrock": {{"start": (-1.0, 0.0), "learning_rate": 5e-4,
+                                          "steps": 100}}}})
+    return finalize(cfg)
+'''
+
+
+# main() sets the XLA flags first; in a test process JAX already runs, which it rightly warns of.
+@pytest.mark.filterwarnings("ignore:configure_xla_flags\\(\\) ran after JAX:UserWarning")
+def test_cli_errors_are_one_line(results: Path, capsys):  # noqa: F811
+    assert main(["reproduce", "--only", "nope", "--out", str(results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown experiment nope") and "logreg" in err
+    assert "\n" not in err
+    (results / "mlp" / "forward_lr0.0002_seed0.jsonl").unlink()
+    assert main(["reproduce", "--figures-only", "--out", str(results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: results file") and "forward_lr0.0002_seed0.jsonl" in err
+
+
+def test_reproduce_resumes_after_an_interruption(tmp_path: Path, monkeypatch):
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    (experiments / "test_functions.py").write_text(TINY.format(beale=100))
+    real, calls = fgrad.lab.run.test_functions.run_trajectories, []
+
+    def counting(fn_name, method, *args):
+        calls.append(f"{fn_name}_{method}")
+        if interrupt_after and len(calls) > interrupt_after:
+            raise KeyboardInterrupt
+        return real(fn_name, method, *args)
+
+    monkeypatch.setattr(fgrad.lab.run.test_functions, "run_trajectories", counting)
+    drawn = []  # figures are tested above; here only that reproduce asks for them
+    monkeypatch.setattr(fgrad.lab.reproduce, "make_figures",
+                        lambda out, sections: drawn.append(out) or [])
+    out = tmp_path / "out"
+    run = lambda: fgrad.lab.reproduce.reproduce("cpu", out, ["test_functions"],
+                                                directory=experiments)
+    interrupt_after = 1
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    first = out / "test_functions" / "beale_forward.json"
+    assert calls == ["beale_forward", "beale_backprop"] and first.exists()
+    stamp = first.stat().st_mtime_ns
+    interrupt_after, calls[:] = 0, []
+    inv = run()
+    assert calls == ["beale_backprop", "rosenbrock_forward", "rosenbrock_backprop"]
+    assert first.stat().st_mtime_ns == stamp
+    record = json.loads((out / "reproduce.json").read_text())
+    assert record["wall_time_s"] == inv["wall_time_s"] > 0
+    assert drawn == [out]
+    report = (out / "REPORT.md").read_text()
+    assert "| beale | forward gradient |" in report and "wall time" in report
+    calls[:] = []
+    # a changed config is rerun, not skipped
+    (experiments / "test_functions.py").write_text(TINY.format(beale=50))
+    run()
+    assert calls == ["beale_forward", "beale_backprop"]
