@@ -1,5 +1,6 @@
 # fgrad — one entry point for installing, testing and reproducing.
-#   make reproduce [PRESET=cpu|paper] [FORCE=1]   run every experiment, then figures + report
+#   make reproduce [PRESET=cpu|full|paper] [FORCE=1]  run the experiments, then figures + report
+#   make beyond [PRESET=cpu|paper]                 only the beyond-paper experiments
 #   make test                                     the test suite
 # The first target that needs Python creates .venv and installs the package into it.
 
@@ -13,7 +14,7 @@ OUT        ?= results/$(PRESET)
 FGRAD_MNIST_DIR ?= $(wildcard ../shared/data/mnist)
 export FGRAD_MNIST_DIR
 
-.PHONY: install test reproduce figures bench lint clean
+.PHONY: install test reproduce beyond figures bench lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON_SYS) -m venv $(VENV)
@@ -28,6 +29,9 @@ test: install
 
 reproduce: install
 	$(PY) -m fgrad reproduce --preset $(PRESET) --out $(OUT) $(if $(filter 1,$(FORCE)),--force,)
+
+beyond: install
+	$(PY) -m fgrad reproduce --groups beyond --preset $(PRESET) --out $(OUT) $(if $(filter 1,$(FORCE)),--force,)
 
 figures: install
 	$(PY) -m fgrad reproduce --preset $(PRESET) --out $(OUT) --figures-only

@@ -2,8 +2,9 @@
 ReLU, 2×2 max-pool after the 2nd and 4th, dense 1024 + ReLU, dense 10.
 
 Run:
-  python experiments/cnn.py --preset cpu     # ~2 min on a 2-core CPU → results/cpu/cnn
-  python experiments/cnn.py --preset paper   # 20,000 iterations, 5 seeds (a GPU job)
+  python experiments/cnn.py --preset full    # 20,000 iterations (the paper's), 1 seed, PyTorch's
+                                             #   init: ~2 h on a 2-core CPU → results/full/cnn
+  python experiments/cnn.py --preset paper   # 5 seeds (a GPU job)
 
 SGD, batch 64, η_i = η₀·e^(−ik) with k = 1e-4; η₀ = 2e-4 (our choice: the paper's CNN rate is not
 stated in the sources we had).
@@ -13,16 +14,20 @@ import sys
 
 from fgrad.lab.config import defaults, finalize
 
+MODEL = {"init_scheme": "pytorch"}  # the paper's code's (PyTorch's) initialisation
+# No cpu preset: the CNN learns nothing in the steps a short CPU run affords (300 steps: test
+# accuracy at chance), so make reproduce leaves it out and the full preset runs it.
 PRESETS = {
-    "cpu": {"steps": 300, "seeds": [0], "eval_every": 100, "eval_examples": 2_000},
-    "paper": {"steps": 20_000, "seeds": [0, 1, 2, 3, 4], "eval_every": 1_000},
+    "full": {"seeds": [0]},
+    "paper": {"seeds": [0, 1, 2, 3, 4]},
 }
 
 
-def get_config(preset: str = "cpu"):
+def get_config(preset: str = "full"):
     cfg = defaults("mnist")
-    cfg.update(name="cnn", title="CNN on MNIST", order=40, model="cnn", learning_rates=[2e-4],
-               **PRESETS[preset])
+    cfg.update(name="cnn", title="CNN on MNIST", order=40, model="cnn",
+               model_kwargs=MODEL, learning_rates=[2e-4], steps=20_000, eval_every=1_000)
+    cfg.update(**PRESETS[preset])
     return finalize(cfg)
 
 

@@ -21,6 +21,7 @@ from fgrad.lab.config import defaults, finalize
 
 PRESETS = {
     "cpu": {"depths": [1, 2, 4, 8, 16, 32], "rounds": 5, "min_round_s": 0.05},
+    "full": {"depths": [1, 2, 4, 8, 16, 32], "rounds": 5, "min_round_s": 0.05},
     "paper": {"depths": [1, 2, 5, 10, 20, 50, 100], "rounds": 7, "min_round_s": 0.05},
 }
 

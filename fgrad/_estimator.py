@@ -9,7 +9,9 @@ forward pass. The forward gradient
 satisfies E[g] = ∇f(θ). With K tangents v_1..v_K (evaluated together by ``jax.vmap`` of one
 ``jax.jvp``) the estimates are combined either by their mean (unbiased, variance / K) or by
 orthogonal projection of ∇f onto span(v_1..v_K) (Flügel et al. 2024), g = V (VᵀV)⁻¹ Vᵀ∇f,
-which needs only the K directional derivatives Vᵀ∇f.
+which needs only the K directional derivatives Vᵀ∇f. The projection never forms VᵀV (whose
+condition number is that of V squared): it is solved from the R factor of V = QR, in float32
+(float64 when a leaf is float64) whatever the leaves' dtypes, and needs K ≤ n.
 
 Data parallelism (``axis_name``): under ``jax.shard_map`` every device evaluates f on its shard of
 the batch with the same tangents (drawn from a replicated key), so averaging the K directional
@@ -19,17 +21,22 @@ of the global-batch loss; no gradient is ever communicated.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from fgrad._tangents import check_distribution, sample_tangents
+from fgrad._tangents import (
+    check_distribution,
+    check_float_leaves,
+    check_num_tangents,
+    sample_tangents,
+)
+from fgrad._types import PyTree
 
-PyTree = Any
-COMBINES = ("mean", "projection")
-DERIVATIVES = ("jvp", "forward_difference", "central_difference")
+_HIGHEST = jax.lax.Precision.HIGHEST
 
 
 class ForwardGradient(NamedTuple):
@@ -50,26 +57,34 @@ class ForwardGradient(NamedTuple):
 
 def check_estimator_options(num_tangents: int, distribution: str, combine: str,
                             derivative: str, fd_epsilon: float) -> None:
-    """Raises a one-line ValueError for options the estimator does not accept."""
-    if not isinstance(num_tangents, int) or num_tangents < 1:
-        raise ValueError(f"num_tangents must be an integer >= 1, got {num_tangents!r}")
+    """Raises a one-line ValueError for options the estimator does not accept.
+
+    ``num_tangents`` may be any integer type (``int``, ``np.int64``, ...) but not bool.
+    """
+    check_num_tangents(num_tangents)
     check_distribution(distribution)
-    if combine not in COMBINES:
+    if combine not in _COMBINE:
         raise ValueError(f"unknown combine {combine!r}: use one of {', '.join(COMBINES)}")
-    if derivative not in DERIVATIVES:
+    if derivative not in _DERIVATIVE:
         raise ValueError(f"unknown derivative {derivative!r}: use one of {', '.join(DERIVATIVES)}")
     if derivative != "jvp" and not fd_epsilon > 0:
         raise ValueError(f"fd_epsilon must be > 0 for finite differences, got {fd_epsilon!r}")
 
 
 def _scalar(fun: Callable[[PyTree], jax.Array]) -> Callable[[PyTree], jax.Array]:
+    """``fun`` with its output checked to be a real scalar and promoted to at least float32
+    (float64 is kept), so that f(θ) and the directional derivatives are float32 even for
+    half-precision functions."""
     def wrapped(params):
-        out = fun(params)
-        if jnp.shape(out) != ():
+        out = jnp.asarray(fun(params))
+        if out.shape != ():
             raise TypeError(
-                f"fun must return a scalar, got an array of shape {jnp.shape(out)}: "
+                f"fun must return a scalar, got an array of shape {out.shape}: "
                 "reduce it (e.g. with .mean()) before taking a forward gradient")
-        return out
+        if jnp.issubdtype(out.dtype, jnp.complexfloating):
+            raise TypeError(f"fun must return a real scalar, got {out.dtype}: "
+                            "take its real part or its absolute value first")
+        return out if out.dtype == jnp.float64 else out.astype(jnp.float32)
     return wrapped
 
 
@@ -116,33 +131,94 @@ def _tree_dot_k(tangents: PyTree, coeffs: jax.Array) -> PyTree:
         lambda v: jnp.tensordot(coeffs.astype(v.dtype), v, axes=1), tangents)
 
 
+def _solve_dtype(tree: PyTree) -> Any:
+    """float64 if a leaf of ``tree`` is float64, else float32 (for every narrower float)."""
+    wide = any(jnp.result_type(x) == jnp.float64 for x in jax.tree.leaves(tree))
+    return jnp.float64 if wide else jnp.float32
+
+
+def _stacked(tangents: PyTree, dtype: Any) -> jax.Array:
+    """The K×n matrix whose row k is v_k flattened (leaves in pytree order), in ``dtype``."""
+    return jnp.concatenate([v.reshape(v.shape[0], -1).astype(dtype)
+                            for v in jax.tree.leaves(tangents)], axis=1)
+
+
 def _gram(tangents: PyTree) -> jax.Array:
-    """G_ij = v_i · v_j summed over every leaf, in float32 or wider."""
-    def leaf(v):
-        flat = v.reshape(v.shape[0], -1)
-        return jnp.einsum("in,jn->ij", flat, flat,
-                          preferred_element_type=jnp.promote_types(v.dtype, jnp.float32))
-    return sum(jax.tree.leaves(jax.tree.map(leaf, tangents)))
+    """G_ij = v_i · v_j summed over every leaf, in float32 (float64 if a leaf is float64)."""
+    m = _stacked(tangents, _solve_dtype(tangents))
+    return jnp.matmul(m, m.T, precision=_HIGHEST)
 
 
-def _directional_derivatives(fun, params, tangents, num_tangents, derivative, fd_epsilon):
-    """Returns f(θ) and the K directional derivatives along the stacked tangents."""
-    if derivative == "jvp":
-        if num_tangents == 1:  # no batch axis: plain matmuls instead of batched ones
-            v1 = jax.tree.map(lambda v: v[0], tangents)
-            value, d = jax.jvp(fun, (params,), (v1,))
-            return value, d[None]
-        values, d = jax.vmap(lambda v: jax.jvp(fun, (params,), (v,)))(tangents)
-        return values[0], d
+def _mean(tangents: PyTree, d: jax.Array) -> PyTree:
+    """g = (1/K) Σ_k d_k v_k."""
+    return _tree_dot_k(tangents, d / d.shape[0])
 
-    def shifted(sign):
-        return jax.vmap(lambda v: fun(jax.tree.map(
-            lambda p, t: p + (sign * fd_epsilon) * t.astype(p.dtype), params, v)))(tangents)
 
+def _projection(tangents: PyTree, d: jax.Array) -> PyTree:
+    """g = V (VᵀV)⁺ d, the orthogonal projection of ∇f onto span(v_1..v_K) given d = Vᵀ∇f.
+
+    V is n×K with the tangents as columns. With V = QR (Householder; only R is formed) and the
+    SVD R = U S Wᵀ of the K×K factor, VᵀV = W S² Wᵀ and g = V c with c = W S⁺² Wᵀ d. For this
+    minimum-norm problem (g is the least-norm solution of Vᵀg = d) the seminormal equations are
+    stable (Paige 1973): rounding errors grow with cond(V), not cond(V)² as with VᵀV formed in
+    floating point. Singular values below K·eps·s_max are dropped (tangents that repeat a
+    direction, e.g. Rademacher draws with few parameters): g then projects onto the span V
+    does have.
+    """
+    dtype = _solve_dtype(tangents)
+    m = _stacked(tangents, dtype)
+    num_tangents = m.shape[0]
+    r = jnp.linalg.qr(m.T, mode="r")
+    _, s, wt = jnp.linalg.svd(r)
+    keep = s > s[0] * float(num_tangents * jnp.finfo(dtype).eps)
+    inv_s2 = jnp.where(keep, 1 / jnp.where(keep, s, 1) ** 2, 0)
+    coeffs = jnp.matmul(wt.T, inv_s2 * jnp.matmul(wt, d.astype(dtype), precision=_HIGHEST),
+                        precision=_HIGHEST)
+    g = jnp.matmul(coeffs, m, precision=_HIGHEST)
+    leaves, treedef = jax.tree.flatten(tangents)
+    out, start = [], 0
+    for v in leaves:
+        size = math.prod(v.shape[1:])
+        out.append(g[start:start + size].reshape(v.shape[1:]).astype(v.dtype))
+        start += size
+    return jax.tree.unflatten(treedef, out)
+
+
+def _jvp(fun, params, tangents, fd_epsilon):
+    """f(θ) and d_k = ∇f(θ)·v_k by forward-mode AD (one vmapped ``jax.jvp``)."""
+    del fd_epsilon
+    if jax.tree.leaves(tangents)[0].shape[0] == 1:  # no batch axis: plain matmuls
+        v1 = jax.tree.map(lambda v: v[0], tangents)
+        value, d = jax.jvp(fun, (params,), (v1,))
+        return value, d[None]
+    values, d = jax.vmap(lambda v: jax.jvp(fun, (params,), (v,)))(tangents)
+    return values[0], d
+
+
+def _shifted(fun, params, tangents, step):
+    """f(θ + step·v_k) for every k."""
+    return jax.vmap(lambda v: fun(jax.tree.map(
+        lambda p, t: p + step * t.astype(p.dtype), params, v)))(tangents)
+
+
+def _forward_difference(fun, params, tangents, fd_epsilon):
+    """f(θ) and d_k ≈ (f(θ + εv_k) − f(θ)) / ε."""
     value = fun(params)
-    if derivative == "forward_difference":
-        return value, (shifted(1.0) - value) / fd_epsilon
-    return value, (shifted(1.0) - shifted(-1.0)) / (2 * fd_epsilon)
+    return value, (_shifted(fun, params, tangents, fd_epsilon) - value) / fd_epsilon
+
+
+def _central_difference(fun, params, tangents, fd_epsilon):
+    """f(θ) and d_k ≈ (f(θ + εv_k) − f(θ − εv_k)) / 2ε."""
+    return fun(params), (_shifted(fun, params, tangents, fd_epsilon)
+                         - _shifted(fun, params, tangents, -fd_epsilon)) / (2 * fd_epsilon)
+
+
+# One entry per option: the names accepted are exactly these keys.
+_COMBINE = {"mean": _mean, "projection": _projection}
+_DERIVATIVE = {"jvp": _jvp, "forward_difference": _forward_difference,
+               "central_difference": _central_difference}
+COMBINES = tuple(_COMBINE)
+DERIVATIVES = tuple(_DERIVATIVE)
 
 
 def forward_gradient(
@@ -172,13 +248,26 @@ def forward_gradient(
     ((f(θ+εv) − f(θ))/ε) and ``"central_difference"`` ((f(θ+εv) − f(θ−εv))/2ε) are the
     zeroth-order (SPSA-style) baselines, biased by O(ε) and O(ε²).
 
+    The output of ``fun`` is cast to float32 (float64 is kept) before differentiating, so f(θ)
+    and the d_k are float32 for half-precision functions and the difference quotients are formed
+    in float32 (no overflow beyond 65504 in float16). What ``fun`` computes inside stays in its own
+    precision: a float16 tangent that overflows inside ``fun`` is still inf, and at ε = 1e-3 a
+    float16 function's differences are at its rounding (use ε ≳ 3e-2 there).
+
+    Empty ``params`` (no entries, e.g. ``{}``) give ``grad`` of the same empty structure, d = 0
+    and ``value`` = f(θ), for every K, combine and derivative.
+
     Args:
-      fun: a function of ``params`` returning a scalar.
-      params: the point θ, any pytree of float arrays.
+      fun: a function of ``params`` returning a real scalar.
+      params: the point θ, any pytree of floating-point arrays (integer or bool leaves raise a
+        ValueError naming the leaf).
       key: PRNG key for the tangents.
-      num_tangents: K ≥ 1; the K directional derivatives come from one vmapped ``jax.jvp``.
+      num_tangents: K ≥ 1, any integer type; the K directional derivatives come from one vmapped
+        ``jax.jvp``. With ``combine="projection"``, K ≤ n (the number of entries of ``params``):
+        larger K raises a ValueError.
       distribution: ``"normal"`` (the paper's) or ``"rademacher"``.
-      combine: ``"mean"`` or ``"projection"``.
+      combine: ``"mean"`` or ``"projection"`` (solved via QR in float32, or float64 when a leaf is
+        float64; the result is cast back to each leaf's dtype).
       derivative: ``"jvp"``, ``"forward_difference"`` or ``"central_difference"``.
       fd_epsilon: ε for the finite-difference derivatives.
       return_exact: also compute ∇f(θ) by reverse mode (for diagnostics only; the estimate never
@@ -199,15 +288,19 @@ def forward_gradient(
       ((3,), (1,))
     """
     check_estimator_options(num_tangents, distribution, combine, derivative, fd_epsilon)
+    num_tangents = int(num_tangents)
+    check_float_leaves(params)
     fun = _scalar(fun)
-    tangents = sample_tangents(key, params, num_tangents, distribution)
-    value, d = device_mean(_directional_derivatives(fun, params, tangents, num_tangents,
-                                                    derivative, fd_epsilon), axis_name)
-    if combine == "mean":
-        coeffs = d / num_tangents
-    else:
-        gram = _gram(tangents)
-        coeffs = jnp.linalg.solve(gram, d.astype(gram.dtype))
-    grad = _tree_dot_k(tangents, coeffs)
+    n = sum(math.prod(jnp.shape(x)) for x in jax.tree.leaves(params))
+    if combine == "projection" and 0 < n < num_tangents:  # n tangents already span R^n
+        raise ValueError(
+            f"combine='projection' needs num_tangents <= n, the number of parameter entries: got "
+            f"num_tangents={num_tangents} > n={n}; use fewer tangents or combine='mean'")
     exact = mean_value_and_grad(fun, params, axis_name)[1] if return_exact else None
-    return ForwardGradient(value, d, grad, exact)
+    if n == 0:  # nothing to perturb: ∇f is empty and every directional derivative is 0
+        value = device_mean(fun(params), axis_name)
+        return ForwardGradient(value, jnp.zeros((num_tangents,), value.dtype),
+                               jax.tree.map(jnp.zeros_like, params), exact)
+    tangents = sample_tangents(key, params, num_tangents, distribution)
+    value, d = device_mean(_DERIVATIVE[derivative](fun, params, tangents, fd_epsilon), axis_name)
+    return ForwardGradient(value, d, _COMBINE[combine](tangents, d), exact)

@@ -13,7 +13,12 @@ file, what is wrong with it and how to fix it.
 from __future__ import annotations
 
 import gzip
+import logging
 import os
+import socket
+import threading
+import urllib.parse
+import urllib.request
 import zlib
 from pathlib import Path
 from typing import NamedTuple
@@ -38,6 +43,11 @@ _FIX_DIR = (
     f"set {ENV_VAR} or --mnist-dir to the IDX files' directory, "
     "or unset both to download MNIST with TFDS"
 )
+# Where TFDS downloads MNIST from (tensorflow_datasets/image_classification/mnist.py,
+# ``_MNIST_URL``, the builder's ``URL``); the builder's own value is used when it has one.
+TFDS_MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
+# Seconds to wait for a TCP connection to that host (or the proxy) before giving up.
+CONNECT_TIMEOUT_S = 3.0
 # Larger than any MNIST split, so one batch of this size is the whole split (see _load_tfds).
 _TFDS_BATCH = 70_000
 
@@ -189,7 +199,62 @@ def _load_dir(data_dir: Path) -> Mnist:
 
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
+    if len(text) > 300:  # the error TFDS raised, cut; the hint after it never is
+        text = text[:300] + "…"
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _connect_error(url: str, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
+    """None when a TCP connection to ``url``'s host (or to the proxy the environment names
+    for it) opens within ``timeout`` seconds; else why not, e.g. ``storage.googleapis.com:443:
+    Name or service not known``. Name lookup is bounded by the same timeout."""
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        p = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = p.hostname or host, p.port or 80
+    result: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(None)
+        except OSError as err:
+            result.append(getattr(err, "strerror", None) or str(err) or type(err).__name__)
+
+    thread = threading.Thread(target=connect, daemon=True)  # getaddrinfo ignores the timeout
+    thread.start()
+    thread.join(timeout + 0.5)
+    reason = result[0] if result else f"timed out after {timeout:g} s"
+    return None if reason is None else f"{host}:{port}: {reason}"
+
+
+def _check_download_host(tfds, data_dir: str | os.PathLike | None) -> None:
+    """Raises MnistError within seconds when MNIST is not prepared in TFDS's data directory
+    and its download host cannot be reached (TFDS itself would retry for minutes)."""
+    absl_log = logging.getLogger("absl")
+    level = absl_log.level
+    absl_log.setLevel(logging.ERROR)  # not "Variant folder ... has no dataset_info.json"
+    try:
+        builder = tfds.builder("mnist", data_dir=None if data_dir is None else
+                               os.fspath(data_dir))
+        if builder.is_prepared():
+            return
+        url, where = getattr(builder, "URL", None) or TFDS_MNIST_URL, builder.data_dir
+    except Exception:  # noqa: BLE001 - TFDS's own load below reports its problems
+        url, where = TFDS_MNIST_URL, "TFDS's data directory"
+    finally:
+        absl_log.setLevel(level)
+    reason = _connect_error(url)
+    if reason is not None:
+        raise MnistError(
+            f"cannot download MNIST with TFDS: it is not in {where} and its download host "
+            f"cannot be reached ({reason}); to work offline, set {ENV_VAR} (or pass "
+            f"--mnist-dir) to a directory holding the four MNIST IDX files "
+            f"({', '.join(FILES.values())}, plain or .gz), e.g. "
+            f"export {ENV_VAR}=/path/to/mnist"
+        )
 
 
 def _concat_batches(batches: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -215,8 +280,19 @@ def _load_tfds(data_dir: str | os.PathLike | None = None) -> Mnist:
         The same :class:`Mnist` as the offline loader.
 
     Raises:
-        MnistError: TFDS is not installed, or downloading or preparing MNIST failed.
+        MnistError: TFDS is not installed, MNIST is not prepared and its download host cannot
+            be reached (checked first, in seconds: :func:`_check_download_host`), or
+            downloading or preparing MNIST failed.
     """
+    try:
+        import tensorflow_datasets as tfds  # imports TensorFlow only when it needs it
+    except ImportError as err:
+        raise MnistError(
+            f"cannot download MNIST: {_one_line(err)} (install tensorflow-datasets, or set "
+            f"{ENV_VAR} to a directory of the four IDX files)"
+        ) from err
+    _check_download_host(tfds, data_dir)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # not TensorFlow's CPU-feature notes
     try:
         import tensorflow as tf
 
@@ -224,7 +300,6 @@ def _load_tfds(data_dir: str | os.PathLike | None = None) -> Mnist:
             tf.config.set_visible_devices([], "GPU")
         except (RuntimeError, ValueError):  # TensorFlow had already initialized its devices.
             pass
-        import tensorflow_datasets as tfds
     except ImportError as err:
         raise MnistError(
             f"cannot download MNIST: {_one_line(err)} (install tensorflow-datasets, or set "
@@ -239,10 +314,12 @@ def _load_tfds(data_dir: str | os.PathLike | None = None) -> Mnist:
             data_dir=None if data_dir is None else os.fspath(data_dir),
         )
         batches = [list(tfds.as_numpy(ds)) for ds in (train, test)]
+    except MnistError:
+        raise
     except Exception as err:  # Any download or prepare failure becomes one line.
         raise MnistError(
-            f"cannot download or prepare MNIST with TFDS: {_one_line(err)} (set {ENV_VAR} to a "
-            f"directory of the four IDX files to work offline)"
+            f"cannot download or prepare MNIST with TFDS: {_one_line(err)} (set {ENV_VAR} or "
+            f"--mnist-dir to a directory of the four IDX files to work offline)"
         ) from err
     splits = []
     for name, split in zip(("train", "test"), batches, strict=True):

@@ -8,6 +8,7 @@ interrupted run keeps every step it logged) and ``D/NAME.json``, its summary, wh
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -36,12 +37,37 @@ def _clean(obj: Any) -> Any:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Writes ``text`` to ``path`` through a temp file renamed over it, so a reader never sees
-    half a file."""
+    half a file.
+
+    Raises:
+      ResultsError: one line, ``cannot write PATH: <reason>; ...``, when the file system refuses
+        (full disk, read-only, a file where a folder should be); the temp file is removed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise write_error(path, e) from None
+
+
+def write_error(path: str | os.PathLike, err: OSError) -> ResultsError:
+    """The one-line ResultsError for a failed write of ``path``: what the file system said and
+    what to do about it."""
+    path = Path(path)
+    reason = err.strerror or str(err) or type(err).__name__
+    if isinstance(err, (FileExistsError, NotADirectoryError)):
+        above = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{above} is a file, not a folder" if above else reason
+    fix = "free some space or choose another --out" if err.errno in (
+        errno.ENOSPC, errno.EDQUOT) else "choose another --out"
+    return ResultsError(f"cannot write {path}: {reason}; {fix}")
 
 
 def write_json(path: str | os.PathLike, obj: dict[str, Any]) -> None:
@@ -82,19 +108,66 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+# Top-level config keys that name, order or place an experiment, or only say how often it
+# checkpoints (resuming is bit-identical): changing them changes no result, so results made
+# before the change still count as this config's.
+NOT_RESULTS = ("title", "order", "group", "report", "results_dir", "checkpoint_every")
+
+
+def config_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The keys (dotted) whose values differ between two JSON-ready configs, as
+    ``key: old → new`` (top-level keys of :data:`NOT_RESULTS` left out)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            if not prefix and k in NOT_RESULTS:
+                continue
+            key = f"{prefix}{k}"
+            if k not in old:
+                out.append(f"{key}: (none) → {_short(new[k])}")
+            elif k not in new:
+                out.append(f"{key}: {_short(old[k])} → (none)")
+            else:
+                out += config_changes(old[k], new[k], f"{key}.")
+        return out
+    return [] if old == new else [f"{prefix[:-1] or 'config'}: {_short(old)} → {_short(new)}"]
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_config(summary_path: str | os.PathLike, summary: dict[str, Any],
+                 config: dict[str, Any]) -> None:
+    """Raises a one-line ResultsError when ``summary`` (read from ``summary_path``) was made
+    with another config than ``config``: its results are never overwritten silently."""
+    if "config" not in summary:
+        return
+    changes = config_changes(summary["config"], _clean(config))
+    if changes:
+        more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
+        raise ResultsError(
+            f"{summary_path} holds results of another config ({'; '.join(changes[:3])}{more}):"
+            " pass --force (make: FORCE=1) to overwrite them, or choose another --out to keep"
+            " them")
+
+
 def is_done(summary_path: str | os.PathLike, config: dict[str, Any] | None = None) -> bool:
-    """True when the summary exists, its run finished (complete or diverged) and, if
-    ``config`` is given, it was made with that config (a changed config is rerun)."""
+    """True when the summary exists and its run finished (complete or diverged).
+
+    Raises:
+      ResultsError: one line, when ``config`` is given and the summary (finished or not) was
+        made with another config (:func:`check_config`); a caller that means to overwrite it
+        (``--force``) does not ask.
+    """
     try:
         summary = read_json(summary_path)
     except ResultsError:
         return False
-    if summary.get("status") not in DONE:
-        return False
-    if config is not None and summary.get("config") != _clean(config):
-        print(f"[rerun] {summary_path}: made with another config")
-        return False
-    return True
+    if config is not None:
+        check_config(summary_path, summary, config)
+    return summary.get("status") in DONE
 
 
 class JsonlWriter:
@@ -109,31 +182,50 @@ class JsonlWriter:
 
     def __init__(self, path: str | os.PathLike, resume_at: int | None = None):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_at is None:
-            self._file = open(self.path, "w", buffering=1)
-        else:
-            self._file = open(self.path, "r+", buffering=1)
-            self._file.truncate(resume_at)
-            self._file.seek(resume_at)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if resume_at is None:
+                self._file = open(self.path, "w", buffering=1)
+            else:
+                self._file = open(self.path, "r+", buffering=1)
+                self._file.truncate(resume_at)
+                self._file.seek(resume_at)
+        except OSError as e:
+            raise write_error(self.path, e) from None
 
     def tell(self) -> int:
         """The byte offset after every row written so far (flushed)."""
-        self._file.flush()
+        try:
+            self._file.flush()
+        except OSError as e:
+            raise write_error(self.path, e) from None
         return self._file.tell()
 
     def write(self, row: dict[str, Any]) -> None:
-        self._file.write(json.dumps(_clean(row)) + "\n")
+        try:
+            self._file.write(json.dumps(_clean(row)) + "\n")
+        except OSError as e:
+            raise write_error(self.path, e) from None
 
     def write_many(self, rows: list[dict[str, Any]]) -> None:
-        self._file.write("".join(json.dumps(_clean(r)) + "\n" for r in rows))
-        self._file.flush()
+        try:
+            self._file.write("".join(json.dumps(_clean(r)) + "\n" for r in rows))
+            self._file.flush()
+        except OSError as e:
+            raise write_error(self.path, e) from None
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError as e:
+            raise write_error(self.path, e) from None
 
     def __enter__(self) -> JsonlWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        try:
+            self.close()
+        except ResultsError:
+            if exc_type is None:  # else the error already on its way (an interrupt) wins
+                raise

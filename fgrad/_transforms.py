@@ -13,16 +13,18 @@ directional derivatives) so a training step can log them without recomputing any
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from fgrad._estimator import check_estimator_options, forward_gradient, mean_value_and_grad
-
-PyTree = Any
+from fgrad._tangents import sample_tangents
+from fgrad._types import PyTree
 
 
 class ForwardGradientState(NamedTuple):
@@ -46,6 +48,24 @@ class BackpropState(NamedTuple):
     """State of :func:`backprop_source`: ``value`` is f(θ) at the last update."""
 
     value: jax.Array
+
+
+class NoisyBackpropState(NamedTuple):
+    """State of :func:`noisy_backprop_source`: the noise's PRNG ``key`` and ``value`` = f(θ) at
+    the last update."""
+
+    key: jax.Array
+    value: jax.Array
+
+
+def _check_seed(seed: int | jax.Array) -> None:
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(
+            seed, (numbers.Integral, jax.Array, np.ndarray)):
+        raise TypeError(f"seed must be an integer or a PRNG key (jax.random.key), got {seed!r}")
+
+
+def _key(seed: int | jax.Array) -> jax.Array:
+    return jax.random.key(int(seed)) if isinstance(seed, numbers.Integral) else seed
 
 
 def _tree_vdot(a: PyTree, b: PyTree) -> jax.Array:
@@ -94,8 +114,9 @@ def forward_gradient_source(
     unless ``diagnostics=True``.
 
     Args:
-      seed: an int seed or a PRNG key for the tangents.
-      num_tangents: K ≥ 1.
+      seed: an integer seed (any integer type, e.g. ``int`` or ``np.int64``; not bool) or a PRNG
+        key for the tangents.
+      num_tangents: K ≥ 1, any integer type.
       distribution: ``"normal"`` or ``"rademacher"``.
       combine: ``"mean"`` or ``"projection"``.
       derivative: ``"jvp"`` (exact, forward mode) or ``"forward_difference"`` /
@@ -118,9 +139,11 @@ def forward_gradient_source(
       >>> updates, state = tx.update(params, state, params, value_fn=rosenbrock)
     """
     check_estimator_options(num_tangents, distribution, combine, derivative, fd_epsilon)
+    num_tangents = int(num_tangents)
+    _check_seed(seed)
 
     def init_fn(params):
-        key = jax.random.key(seed) if isinstance(seed, int) else seed
+        key = _key(seed)
         del params
         diag = ({"cosine": jnp.zeros((), jnp.float32), "norm_ratio": jnp.zeros((), jnp.float32)}
                 if diagnostics else {})
@@ -181,8 +204,61 @@ def backprop_source(axis_name: str | None = None) -> optax.GradientTransformatio
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def noisy_backprop_source(seed: int | jax.Array = 0, *, axis_name: str | None = None
+                          ) -> optax.GradientTransformationExtraArgs:
+    """The exact gradient plus independent Gaussian noise with the forward gradient's covariance.
+
+    A control for forward gradient descent: for normal tangents and K = 1 the forward gradient
+    g = (∇f·v) v has E[g] = ∇f and Cov[g] = E[(∇f·v)² v vᵀ] − ∇f∇fᵀ = ‖∇f‖² I + ∇f∇fᵀ. This
+    source returns
+
+        g̃ = ∇f + ‖∇f‖ z + s ∇f,   z ~ N(0, I_n), s ~ N(0, 1) independent,
+
+    whose mean and covariance are exactly those (Cov = ‖∇f‖² I + ∇f∇fᵀ), but whose noise is
+    independent of the direction the estimate is built from. Training with it at the forward
+    gradient's learning rate separates what the forward gradient's *noise level* does from what
+    its *structure* (a rank-one estimate along a random direction) does. It needs ∇f, so it runs
+    a backward pass: a scientific control, not a training method.
+
+    Args:
+      seed: an int seed or a PRNG key for the noise.
+      axis_name: data parallelism under ``jax.shard_map`` (as :func:`backprop_source`); the
+        noise comes from the replicated key, so it is the same on every device.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes ``value_fn``.
+
+    Example:
+      >>> tx = optax.chain(noisy_backprop_source(0), optax.sgd(1e-3))
+      >>> state = tx.init(jnp.zeros(2))
+      >>> updates, state = tx.update(jnp.zeros(2), state, jnp.zeros(2), value_fn=rosenbrock)
+    """
+    _check_seed(seed)
+
+    def init_fn(params):
+        del params
+        return NoisyBackpropState(_key(seed), jnp.zeros((), jnp.float32))
+
+    def update_fn(updates, state, params=None, *, value_fn: Callable[[PyTree], jax.Array],
+                  **extra_args):
+        del updates, extra_args
+        if params is None:
+            raise ValueError("noisy_backprop_source needs params: call update(u, s, params, "
+                             "value_fn=...)")
+        value, grad = mean_value_and_grad(value_fn, params, axis_name)
+        key, k_z, k_s = jax.random.split(state.key, 3)
+        z = jax.tree.map(lambda v: v[0], sample_tangents(k_z, grad, 1, "normal"))
+        s = jax.random.normal(k_s, (), jnp.float32)
+        norm = jnp.sqrt(_tree_vdot(grad, grad))
+        noisy = jax.tree.map(lambda g, e: g + (norm * e + s * g).astype(g.dtype), grad, z)
+        return noisy, NoisyBackpropState(key, value.astype(jnp.float32))
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 # The gradient sources by method name: the one list of methods (configs, CLI, report).
 SOURCES: dict[str, Callable[..., optax.GradientTransformationExtraArgs]] = {
     "forward": forward_gradient_source,
     "backprop": backprop_source,
+    "backprop_noise": noisy_backprop_source,
 }

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import fgrad._mnist
 from fgrad._mnist import (
     ENV_VAR,
     FILES,
@@ -264,6 +265,7 @@ def test_importing_fgrad_does_not_import_tensorflow() -> None:
 def test_tfds_mock(monkeypatch: pytest.MonkeyPatch) -> None:
     tfds = pytest.importorskip("tensorflow_datasets")
     monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(fgrad._mnist, "_check_download_host", lambda tfds, data_dir: None)
     with tfds.testing.mock_data(num_examples=6):
         data = load_mnist()
     _assert_mnist(data, 6, 6)
@@ -277,6 +279,7 @@ def test_tfds_failure_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
         raise ConnectionError("network is unreachable\nsecond line")
 
     monkeypatch.setattr(tfds, "load", offline)
+    monkeypatch.setattr(fgrad._mnist, "_check_download_host", lambda tfds, data_dir: None)
     with pytest.raises(MnistError) as err:
         _load_tfds()
     _assert_one_line(err, "TFDS", "network is unreachable second line", ENV_VAR)

@@ -8,6 +8,7 @@ from test_analysis import results  # noqa: F401  (the synthetic results folder f
 
 import fgrad.lab.reproduce
 import fgrad.lab.run.test_functions
+from fgrad._results import ResultsError
 from fgrad.lab.cli import main
 
 TINY = '''
@@ -73,7 +74,15 @@ def test_reproduce_resumes_after_an_interruption(tmp_path: Path, monkeypatch):
     report = (out / "REPORT.md").read_text()
     assert "| beale | forward gradient |" in report and "wall time" in report
     calls[:] = []
-    # a changed config is rerun, not skipped
+    # results of a changed config are never overwritten silently: one line naming the fix ...
     (experiments / "test_functions.py").write_text(TINY.format(beale=50))
-    run()
-    assert calls == ["beale_forward", "beale_backprop"]
+    with pytest.raises(ResultsError) as err:
+        run()
+    msg = str(err.value)
+    assert "functions.beale.steps: 100 → 50" in msg and "--force" in msg and "--out" in msg
+    assert "\n" not in msg and calls == [] and first.stat().st_mtime_ns == stamp
+    # ... and force (FORCE=1) reruns them
+    fgrad.lab.reproduce.reproduce("cpu", out, ["test_functions"], force=True,
+                                  directory=experiments)
+    assert calls == ["beale_forward", "beale_backprop", "rosenbrock_forward",
+                     "rosenbrock_backprop"]

@@ -30,8 +30,9 @@ import numpy as np
 from fgrad.analysis.runs import Excluded, MnistRun, _number, run_setting, run_variant
 
 SMOOTH_WINDOW = 100
-METHODS = ("forward", "backprop")
-METHOD_LABELS = {"forward": "forward gradient", "backprop": "backprop"}
+METHODS = ("forward", "backprop")  # the paper's comparison (fgrad._transforms.SOURCES has all)
+METHOD_LABELS = {"forward": "forward gradient", "backprop": "backprop",
+                 "backprop_noise": "backprop + forward-gradient noise"}
 MIB = 2.0**20
 
 

@@ -33,7 +33,7 @@ from fgrad._functions import FUNCTIONS, MINIMA
 from fgrad.analysis.metrics import METHOD_LABELS, SMOOTH_WINDOW, group_variants, smoothed_loss
 from fgrad.analysis.runs import MnistRun
 
-COLORS = {"forward": "#d62728", "backprop": "#1f77b4"}
+COLORS = {"forward": "#d62728", "backprop": "#1f77b4", "backprop_noise": "#2ca02c"}
 MAX_POINTS = 2_000        # points per plotted line (longer series are subsampled evenly)
 PANEL_SIZE = (4.0, 3.1)   # inches per panel
 FORMATS = ("png", "pdf")

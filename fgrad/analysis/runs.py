@@ -75,6 +75,8 @@ class MnistRun:
     test_acc: np.ndarray   # (m,)
     diag_step: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (d,)
     cosine: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (d,) cos(estimate, ∇)
+    eval_step: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (m,)
+    param_norm: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (m,) ‖θ‖ (nan: absent)
 
     @property
     def method(self) -> str:
@@ -136,7 +138,9 @@ def _mnist_run(path: Path, summary: dict[str, Any]) -> MnistRun:
         eval_time=np.array([r["time"] for r in evals], np.float64),
         test_acc=np.array([r["test_acc"] for r in evals], np.float64),
         diag_step=np.array([r["step"] for r in diags], np.int64),
-        cosine=np.array([r["cosine"] for r in diags], np.float64))
+        cosine=np.array([r["cosine"] for r in diags], np.float64),
+        eval_step=np.array([r["step"] for r in evals], np.int64),
+        param_norm=np.array([r.get("param_norm", np.nan) for r in evals], np.float64))
 
 
 def run_summaries(exp_dir: str | Path, pattern: str = "*.json") -> list[tuple[Path, dict]]:

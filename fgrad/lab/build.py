@@ -7,6 +7,7 @@ checks, so each builds a model, its loss and its optimizer the same way.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,13 +44,26 @@ DEFAULT_STEPS_PER_CALL = {("cnn", "cpu"): 1}
 FALLBACK_STEPS_PER_CALL = 50
 
 
-def steps_per_call(model: str, backend: str, requested: int | None) -> int:
-    """The configured steps per compiled call, or the measured default for (model, backend)."""
+def steps_per_call(model: str, backend: str, requested: int | None, steps: int | None = None,
+                   eval_every: int | None = None, diagnostics_every: int = 0) -> int:
+    """Steps per compiled call: the configured ones, else the measured default for
+    (model, backend) — or, when given ``steps`` (and ``eval_every``, ``diagnostics_every``),
+    the largest divisor of their gcd that is at most that default, so a schedule the default
+    does not divide (``--steps 30`` against 50) still runs, in calls that fit it.
+
+    Raises:
+      ValueError: one line, for a requested value below 1.
+    """
     if requested is not None:
-        if int(requested) < 1:
-            raise ValueError(f"steps_per_call must be >= 1, got {requested}")
+        if isinstance(requested, bool) or int(requested) != requested or requested < 1:
+            raise ValueError(f"steps_per_call must be an integer >= 1, got {requested!r}: pass "
+                             "--steps-per-call N with N >= 1, or leave it unset")
         return int(requested)
-    return DEFAULT_STEPS_PER_CALL.get((model, backend), FALLBACK_STEPS_PER_CALL)
+    default = DEFAULT_STEPS_PER_CALL.get((model, backend), FALLBACK_STEPS_PER_CALL)
+    if not steps:
+        return default
+    period = math.gcd(int(steps), int(eval_every or steps), int(diagnostics_every or 0))
+    return max(d for d in range(1, min(default, period) + 1) if period % d == 0)
 
 
 def make_source(method: str, seed: int, options: Mapping[str, Any],
@@ -57,8 +71,9 @@ def make_source(method: str, seed: int, options: Mapping[str, Any],
     """The gradient source for ``method``; estimator options are read from ``options``.
 
     Args:
-      method: a name of :data:`fgrad._transforms.SOURCES` (``"forward"`` or ``"backprop"``).
-      seed: the tangents' seed (forward only).
+      method: a name of :data:`fgrad._transforms.SOURCES` (``"forward"``, ``"backprop"`` or
+        ``"backprop_noise"``).
+      seed: the tangents' (or the noise's) seed.
       options: a config or dict; its keys among :data:`ESTIMATOR_KEYS` configure the forward
         gradient (others are ignored).
       axis_name: the data-parallel mesh axis the source averages over (see
@@ -69,6 +84,8 @@ def make_source(method: str, seed: int, options: Mapping[str, Any],
     """
     if method == "backprop":
         return SOURCES[method](axis_name)
+    if method == "backprop_noise":  # the control: backprop + the forward gradient's noise
+        return SOURCES[method](seed, axis_name=axis_name)
     if method == "forward":
         opts = {k: options[k] for k in ESTIMATOR_KEYS if k in options and options[k] is not None}
         return SOURCES[method](seed, axis_name=axis_name, **opts)

@@ -28,7 +28,10 @@ from typing import Any
 
 from ml_collections import ConfigDict, config_dict
 
-PRESETS = ("cpu", "paper")  # the presets of make reproduce (every reproduced experiment has them)
+# The presets of make reproduce: "cpu" (the default, short enough for a 2-core CPU), "full" (the
+# paper's lengths with the seeds that fit in about 3 hours on that CPU) and "paper" (the paper's
+# 5 seeds, for accelerators). An experiment without a preset is left out of that reproduce.
+PRESETS = ("cpu", "full", "paper")
 GROUPS = ("paper", "beyond", "standalone")
 
 
@@ -136,11 +139,93 @@ def finalize(cfg: ConfigDict) -> ConfigDict:
             raise ValueError(f"config {cfg.name!r}: variant {v.get('name')!r} needs name and "
                              f"method and may set only config keys; unknown: "
                              f"{', '.join(unknown) or '-'}")
+    check(cfg)
     cfg.lock()
     for key in _OPEN:
         if isinstance(cfg.get(key), ConfigDict):
             cfg[key].unlock()
     return cfg
+
+
+# The integer keys :func:`check` checks, in whichever kind has them. None (a placeholder: chosen
+# at run time) passes.
+POSITIVE_INTS = ("steps", "batch_size", "num_tangents", "steps_per_call", "eval_every",
+                 "eval_examples", "data_parallel", "chunk", "rounds", "width", "devices",
+                 "max_scan_steps")
+NON_NEGATIVE_INTS = ("diagnostics_every", "checkpoint_every", "seed", "warmup", "train_steps")
+POSITIVE_INT_LISTS = ("depths", "batch_sizes", "loop_batch_sizes", "forward_num_tangents")
+
+
+def _flag(key: str) -> str:
+    """How the command line sets ``key``."""
+    return f"--config.{key}=N" if "." in key else f"--{key.replace('_', '-')} N"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_ints(cfg: Mapping[str, Any], where: str, prefix: str = "") -> None:
+    for key in POSITIVE_INTS + NON_NEGATIVE_INTS:
+        value = cfg.get(key)
+        low = 1 if key in POSITIVE_INTS else 0
+        if value is not None and (not _is_int(value) or value < low):
+            raise ValueError(f"{prefix}{key} must be an integer >= {low}, got {value!r} "
+                             f"({where}): pass {_flag(prefix + key)} with N >= {low}")
+    for key in POSITIVE_INT_LISTS:
+        value = cfg.get(key)
+        if value is not None and (not value or not all(_is_int(v) and v >= 1 for v in value)):
+            raise ValueError(f"{prefix}{key} must be a non-empty list of integers >= 1, got "
+                             f"{list(value)!r} ({where}): pass --{key.replace('_', '-')} N...")
+    seeds = cfg.get("seeds")
+    if _is_int(seeds) or isinstance(seeds, bool):
+        if isinstance(seeds, bool) or seeds < 1:
+            raise ValueError(f"seeds (the number of seeds) must be an integer >= 1, got "
+                             f"{seeds!r} ({where}): pass --seeds N with N >= 1")
+    elif seeds is not None and (not seeds or not all(_is_int(v) and v >= 0 for v in seeds)):
+        raise ValueError(f"seeds must be a non-empty list of integers >= 0, got "
+                         f"{list(seeds)!r} ({where}): pass --seeds N (seeds 0..N-1) with N >= 1")
+
+
+def _check_multiples(run: Mapping[str, Any], where: str) -> None:
+    """An explicit ``steps_per_call`` must divide steps, eval_every and diagnostics_every."""
+    chunk = run.get("steps_per_call")
+    if chunk is None or "steps" not in run:
+        return
+    steps = run["steps"]
+    eval_every = run.get("eval_every") or steps
+    diag = run.get("diagnostics_every") or 0
+    if steps % chunk or eval_every % chunk or diag % chunk:
+        raise ValueError(f"steps ({steps}), eval_every ({eval_every}) and diagnostics_every "
+                         f"({diag}) must be multiples of steps_per_call ({chunk}) ({where}): "
+                         "pass --steps-per-call N with N dividing them, or leave it unset to "
+                         "have it chosen")
+
+
+def check(cfg: Mapping[str, Any]) -> None:
+    """Checks the numbers of a config before anything is loaded: counts, sizes and periods
+    are positive integers (:data:`POSITIVE_INTS`, ...), seeds are a count >= 1 or a non-empty
+    list, an explicit ``steps_per_call`` divides ``steps`` and ``eval_every``, and a test
+    function's ``steps`` is a multiple of ``chunk``; every MNIST variant is checked with its
+    overrides.
+
+    Raises:
+      ValueError: one line naming the key, the value and the flag that fixes it.
+    """
+    name = cfg.get("name") or "config"
+    _check_ints(cfg, name)
+    if cfg.get("kind") == "mnist":
+        for v in cfg.get("variants") or []:
+            _check_ints(v, f"{name}, variant {v.get('name')!r}")
+        _check_multiples(cfg, name)
+        for v in cfg.get("variants") or []:
+            _check_multiples({**cfg, **v}, f"{name}, variant {v.get('name')!r}")
+    for fn_name, fn_cfg in (cfg.get("functions") or {}).items():
+        _check_ints(fn_cfg, name, f"functions.{fn_name}.")
+        steps, chunk = fn_cfg.get("steps"), cfg.get("chunk")
+        if steps is not None and chunk and steps % chunk:
+            raise ValueError(f"functions.{fn_name}.steps ({steps}) must be a multiple of chunk "
+                             f"({chunk}) ({name}): pass --chunk N with N dividing it")
 
 
 def to_dict(cfg: ConfigDict | Mapping[str, Any]) -> dict[str, Any]:

@@ -13,13 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fgrad._results import read_json, write_json
+from fgrad._results import ResultsError, read_json, write_json
 from fgrad.analysis.figures import make_figures
 from fgrad.analysis.report import write_report
 from fgrad.lab import registry
 from fgrad.lab.run import RunOptions
 
-GROUPS = ("paper", "beyond")  # what make reproduce runs by default
+GROUPS = ("paper",)  # what make reproduce runs by default (make beyond: the "beyond" group)
+REPORTED = ("paper", "beyond")  # the groups the report and the figures show
 
 
 def run_experiment(name: str, preset: str, out: Path, opts: RunOptions,
@@ -87,6 +88,13 @@ def reproduce(preset: str = "cpu", out: str | Path | None = None,
         "date": now.isoformat(timespec="seconds"), "started": now.isoformat(),
         "figures_only": figures_only, "force": force,
         "experiments": [] if figures_only else names}
+    sections = registry.sections(select(None, preset, REPORTED, directory), preset, directory)
+    if figures_only and not any((out / s.name).is_dir() for s in sections):
+        where = "does not exist" if not out.exists() else \
+            f"holds no results of {', '.join(s.name for s in sections)}"
+        raise ResultsError(f"--figures-only draws from results already in --out, but {out} "
+                           f"{where}: run the experiments first (python -m fgrad reproduce "
+                           f"--preset {preset} --out {out}) or pass the --out that holds them")
     out.mkdir(parents=True, exist_ok=True)
     if not figures_only:
         opts = RunOptions(force=force, mnist_dir=mnist_dir)
@@ -97,7 +105,6 @@ def reproduce(preset: str = "cpu", out: str | Path | None = None,
         inv.update(experiment_wall_time_s=per, experiments_wall_time_s=sum(per.values()))
         _record(out, preset, inv)
     t1 = time.perf_counter()
-    sections = registry.sections(select(None, preset, directory=directory), preset, directory)
     figures = make_figures(out, sections)
     report = write_report(out, sections, preset, inv["command"])
     inv.update(figures_wall_time_s=time.perf_counter() - t1,

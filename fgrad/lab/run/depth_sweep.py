@@ -13,7 +13,7 @@ from ml_collections import ConfigDict
 
 from fgrad._env import environment
 from fgrad._memory import device_peak_bytes, process_peak_rss_bytes
-from fgrad._results import write_json
+from fgrad._results import check_config, read_json, write_json
 from fgrad.analysis.depth_sweep import depth_line, depth_markdown
 from fgrad.lab import timing
 from fgrad.lab.build import build_model
@@ -175,6 +175,8 @@ def depth_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def run(cfg: ConfigDict, out_dir: Path, opts: RunOptions) -> None:
     """Runs the depth sweep of ``cfg`` unless ``out_dir/depth_sweep.json`` exists."""
     if not opts.force and (out_dir / "depth_sweep.json").exists():
+        path = out_dir / "depth_sweep.json"
+        check_config(path, read_json(path), to_dict(cfg))  # another config's results refuse
         print(f"[skip] {out_dir / 'depth_sweep.json'} exists (FORCE=1 / --force reruns it)")
         return
     path = run_depth_sweep(to_dict(cfg), out_dir, isolate=bool(cfg.isolate))

@@ -7,8 +7,8 @@ distribution, number of tangents K and combination. Recorded per setting: the co
 similarity cos(g, ∇) (all M values, their mean and E[cos²]) and the per-entry variance, both
 beside theory. Formulas used (v with i.i.d. zero-mean unit-variance entries):
 
-* mean of K estimates, normal v:      Var[g_i] = (‖∇‖² + ∇_i²) / K
-* mean of K estimates, Rademacher v:  Var[g_i] = (‖∇‖² − ∇_i²) / K
+* mean of K estimates:  Var[g_i] = (‖∇‖² + (E[v⁴] − 2)∇_i²) / K, i.e. (‖∇‖² + ∇_i²) / K for
+  normal v and (‖∇‖² − ∇_i²) / K for Rademacher v (:func:`fgrad._tangents.fourth_moment`)
 * projection onto span(v_1..v_K), normal v: E[cos²] = K / n exactly (the span is uniformly
   random); for the mean, E[cos²] ≈ K / (n + K − 1) (n ≫ K; exact 1/n for K = 1, normal).
 """
@@ -29,6 +29,7 @@ from fgrad._env import environment
 from fgrad._estimator import forward_gradient
 from fgrad._mnist import load_mnist
 from fgrad._results import is_done, write_json
+from fgrad._tangents import fourth_moment
 from fgrad._transforms import backprop_source, gradient_diagnostics
 from fgrad.lab.build import build_model
 from fgrad.lab.config import to_dict
@@ -44,10 +45,10 @@ def theory(grad_flat: np.ndarray, num_tangents: int, distribution: str, combine:
     """Theoretical mean per-entry variance and E[cos²] (see the module docstring)."""
     n, sq = grad_flat.size, float(np.sum(grad_flat.astype(np.float64) ** 2))
     k = num_tangents
-    if combine == "projection":
+    if combine == "projection":  # exact only for the rotation-invariant normal distribution
         return {"var_mean": None, "cos2": k / n if distribution == "normal" else None}
-    sign = 1.0 if distribution == "normal" else -1.0
-    return {"var_mean": (sq + sign * sq / n) / k, "cos2": k / (n + k - 1)}
+    excess = fourth_moment(distribution) - 2.0  # Var[g_i] = (‖∇‖² + (E[v⁴] − 2)∇_i²)/K
+    return {"var_mean": (sq + excess * sq / n) / k, "cos2": k / (n + k - 1)}
 
 
 def sample_stats(value_fn, params, key: jax.Array, num_samples: int, num_tangents: int,
@@ -127,12 +128,14 @@ def model_rows(model_name: str, settings: dict[str, Any], data, cfg: dict[str, A
 def run(cfg: ConfigDict, out_dir: Path, opts: RunOptions) -> None:
     """Runs every model of ``cfg`` into ``out_dir/<model>.json``; skips finished models."""
     cfg, force, mnist_dir = to_dict(cfg), opts.force, opts.mnist_dir
-    data = None
+    data, todo = None, []  # every model checked first: another config's results refuse
     for model_name, settings in cfg["models"].items():
         path = out_dir / f"{model_name}.json"
         if not force and is_done(path, cfg):
             print(f"[skip] {path} is complete (FORCE=1 / --force reruns it)")
-            continue
+        else:
+            todo.append((model_name, settings, path))
+    for model_name, settings, path in todo:
         data = data or load_mnist(mnist_dir)
         t0 = time.perf_counter()
         rows = model_rows(model_name, settings, data, cfg)

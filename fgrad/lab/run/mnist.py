@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from ml_collections import ConfigDict
 
 from fgrad._env import environment
@@ -74,6 +75,8 @@ def run(cfg: ConfigDict, out_dir: Path, opts: RunOptions) -> None:
         return
     data = load_mnist(opts.mnist_dir)
     for run_cfg, lr, seed, name in todo:
+        if opts.force:  # a rerun from step 0, whatever checkpoint an earlier run left
+            shutil.rmtree(out_dir / CHECKPOINTS / name, ignore_errors=True)
         s = train_run(run_cfg, data, run_cfg["method"], lr, seed, out_dir, name)
         ev = s.get("final_eval") or {}
         print(f"{cfg.name}/{name}: {s['status']}, {s['steps_done']} steps, "
@@ -93,12 +96,13 @@ def _schedule(cfg: Mapping[str, Any], method: str) -> tuple[int, int, int, int, 
     """(steps, batch size, steps per call, eval every, diagnostics every), checked."""
     steps = _positive(cfg, "steps", cfg["steps"])
     batch_size = _positive(cfg, "batch_size", cfg["batch_size"])
-    chunk = choose_steps_per_call(cfg["model"], jax.default_backend(), cfg["steps_per_call"])
     eval_every = _positive(cfg, "eval_every", cfg["eval_every"] or steps)
+    diag_every = int(cfg["diagnostics_every"] or 0) if method == "forward" else 0
+    chunk = choose_steps_per_call(cfg["model"], jax.default_backend(), cfg["steps_per_call"],
+                                  steps, eval_every, diag_every)  # unset: one that fits them
     if steps % chunk or eval_every % chunk:
         raise ValueError(f"steps ({steps}) and eval_every ({eval_every}) must be multiples of "
                          f"steps_per_call ({chunk})")
-    diag_every = int(cfg["diagnostics_every"] or 0) if method == "forward" else 0
     if diag_every % chunk:
         raise ValueError(f"diagnostics_every ({diag_every}) must be a multiple of "
                          f"steps_per_call ({chunk})")
@@ -194,7 +198,7 @@ def train_run(cfg: Mapping[str, Any], data: Mnist, method: str, learning_rate: f
     def evaluate(st, step: int, elapsed: float) -> dict[str, Any]:
         loss, acc = jax.device_get(eval_fn(st.params, test_x, test_y))
         return {"kind": "eval", "step": step, "time": elapsed, "test_loss": float(loss),
-                "test_acc": float(acc)}
+                "test_acc": float(acc), "param_norm": float(optax.global_norm(st.params))}
 
     def on_eval(pos: Position) -> None:
         summary.update(steps_done=pos.step, train_time_s=pos.time)

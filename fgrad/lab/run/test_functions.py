@@ -20,7 +20,7 @@ from ml_collections import ConfigDict
 
 from fgrad._env import environment
 from fgrad._functions import FUNCTIONS
-from fgrad._results import is_done, write_json
+from fgrad._results import is_done, write_error, write_json
 from fgrad._schedules import check_learning_rate
 from fgrad.lab.build import build_optimizer
 from fgrad.lab.config import to_dict
@@ -88,27 +88,33 @@ def run(cfg: ConfigDict, out_dir: Path, opts: RunOptions) -> None:
     cfg, force = to_dict(cfg), opts.force
     for fn_cfg in cfg["functions"].values():
         check_learning_rate(fn_cfg["learning_rate"])
-    env = environment()
+    todo = []  # every part checked first: results of another config refuse before any run
     for fn_name, fn_cfg in cfg["functions"].items():
         for method in cfg["methods"]:
             name, part_cfg = f"{fn_name}_{method}", {**cfg, "functions": {fn_name: fn_cfg}}
             if not force and is_done(out_dir / f"{name}.json", part_cfg):
                 print(f"[skip] {out_dir / name} is complete (FORCE=1 / --force reruns it)")
-                continue
-            res = run_trajectories(fn_name, method, fn_cfg, cfg)
+            else:
+                todo.append((fn_name, fn_cfg, method, name, part_cfg))
+    env = environment() if todo else None
+    for fn_name, fn_cfg, method, name, part_cfg in todo:
+        res = run_trajectories(fn_name, method, fn_cfg, cfg)
+        try:
             np.savez_compressed(out_dir / f"{name}.npz", f=res["f"], x=res["x"],
                                 time=res["time"], time_steps=res["time_steps"])
-            final = res["f"][:, -1].astype(np.float64)
-            summary = {
-                "experiment": cfg["name"], "function": fn_name, "method": method,
-                "status": "complete", "config": part_cfg,
-                "seeds": list(range(int(cfg["seeds"]))), "env": env,
-                "final_f_mean": final.mean(), "final_f_std": final.std(),
-                "final_f": final, "run_time_s_mean": res["time"][:, -1].mean(),
-                "compile_s_mean": res["compile_s"].mean(),
-                "us_per_step": 1e6 * res["time"][:, -1].mean() / fn_cfg["steps"],
-            }
-            write_json(out_dir / f"{name}.json", summary)
-            print(f"{name}: final f = {final.mean():.4g} ± {final.std():.2g} over "
-                  f"{len(final)} seeds, {summary['us_per_step']:.1f} µs/step, "
-                  f"compile {summary['compile_s_mean']:.2f} s")
+        except OSError as e:
+            raise write_error(out_dir / f"{name}.npz", e) from None
+        final = res["f"][:, -1].astype(np.float64)
+        summary = {
+            "experiment": cfg["name"], "function": fn_name, "method": method,
+            "status": "complete", "config": part_cfg,
+            "seeds": list(range(int(cfg["seeds"]))), "env": env,
+            "final_f_mean": final.mean(), "final_f_std": final.std(),
+            "final_f": final, "run_time_s_mean": res["time"][:, -1].mean(),
+            "compile_s_mean": res["compile_s"].mean(),
+            "us_per_step": 1e6 * res["time"][:, -1].mean() / fn_cfg["steps"],
+        }
+        write_json(out_dir / f"{name}.json", summary)
+        print(f"{name}: final f = {final.mean():.4g} ± {final.std():.2g} over "
+              f"{len(final)} seeds, {summary['us_per_step']:.1f} µs/step, "
+              f"compile {summary['compile_s_mean']:.2f} s")
