@@ -124,7 +124,7 @@ def _expected_mnist() -> dict[str, str]:
         target = sb_loss.min()
         t_b = tb_times[np.argmin(sb_loss)]
         t_f = tf_times[np.flatnonzero(sf_loss <= target)[0]]
-        for k, v in (("R_f", r_f), ("R_b", r_b), ("R_f/R_b", r_f / r_b), ("T_f", t_f),
+        for k, v in (("R_f", r_f), ("R_b", r_b), ("R_f/R_b", sf / sb), ("T_f", t_f),
                      ("T_b", t_b), ("T_f/T_b", t_f / t_b), ("target", target),
                      ("f_ms", (ff + fb) / 2)):
             per[k].append(v)
@@ -312,3 +312,38 @@ def test_k_sweep_renders_a_figure_and_the_logged_cosine(tmp_path: Path):
     row = next(line for line in _section(exp_dir.parent, "k_sweep").splitlines()
                if line.startswith("| fg-normal-K4-mean |"))
     assert row.endswith(f"| {_fmt(seed_means)} |") and "| 2 |" in row
+
+
+def test_control_section_reads_steps_to_target_and_weight_norms(tmp_path: Path):
+    exp_dir = tmp_path / "results" / "mlp_control"
+    exp_dir.mkdir(parents=True)
+    steps = np.arange(1, STEPS + 1)
+    taus = {"backprop": 150.0, "forward": 60.0, "backprop_noise": 70.0}
+    for method, tau in taus.items():
+        loss = 0.3 + 2.0 * np.exp(-steps / tau)
+        _write_run(exp_dir, f"{method}_lr{LR:g}_seed0", loss, 0.002 * steps, 0.8, {
+            "experiment": "mlp_control", "model": "mlp", "method": method,
+            "learning_rate": LR, "seed": 0, "config": {"batch_size": 64}, "env": ENV,
+            "ms_per_step": 2.0, "f_ms": 1.0})
+        rows = [json.loads(line) for line in (exp_dir / f"{method}_lr{LR:g}_seed0.jsonl")
+                .read_text().splitlines()]
+        norms = iter([10.0, 12.0 if method == "backprop" else 30.0])
+        for r in rows:
+            if r["kind"] == "eval":
+                r["param_norm"] = next(norms)
+        (exp_dir / f"{method}_lr{LR:g}_seed0.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows))
+    text = _section(tmp_path / "results", "mlp_control")
+    target = (0.3 + 2.0 * np.exp(-steps / 150.0))
+    target = np.convolve(target, np.ones(WINDOW) / WINDOW, mode="valid").min()
+    for method, tau in taus.items():
+        smooth = np.convolve(0.3 + 2.0 * np.exp(-steps / tau), np.ones(WINDOW) / WINDOW,
+                             mode="valid")
+        first = WINDOW + int(np.flatnonzero(smooth <= target)[0])
+        label = {"backprop": "backprop", "forward": "forward gradient",
+                 "backprop_noise": "backprop + forward-gradient noise"}[method]
+        line = next(x for x in text.splitlines() if x.startswith(f"| {label} |"))
+        assert f"| {first:.4g} |" in line, (method, first, line)
+        assert line.rstrip(" |").endswith("12" if method == "backprop" else "30"), line
+    paths = make_figures(tmp_path / "results", SECTIONS)
+    assert [p.name for p in paths] == ["mlp_control.png", "mlp_control.pdf"]

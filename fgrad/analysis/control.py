@@ -12,19 +12,18 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from fgrad.analysis.family import Family
-from fgrad.analysis.metrics import METHOD_LABELS, SMOOTH_WINDOW, aggregate, smoothed_loss
+from fgrad.analysis.metrics import (
+    METHOD_LABELS,
+    SMOOTH_WINDOW,
+    aggregate,
+    smoothed_loss,
+    steps_to_reach,
+)
 from fgrad.analysis.plotting import _new_figure, _stack, band, style_axes
 from fgrad.analysis.runs import MnistRun, load_mnist_runs
 from fgrad.analysis.tables import excluded_lines, fmt, format_stat, markdown_table, setup_line
 
 ORDER = ("backprop", "forward", "backprop_noise")
-
-
-def steps_to_reach(run: MnistRun, target: float, window: int = SMOOTH_WINDOW) -> float:
-    """The first step at which the run's smoothed loss is ≤ ``target`` (inf if never)."""
-    steps, _, s = smoothed_loss(run, window)
-    hit = np.flatnonzero(s <= target)
-    return float(steps[hit[0]]) if hit.size else math.inf
 
 
 def _by_method(runs: list[MnistRun]) -> dict[str, dict[int, MnistRun]]:

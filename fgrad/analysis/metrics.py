@@ -64,6 +64,13 @@ def time_to_reach(run: MnistRun, target: float, window: int = SMOOTH_WINDOW) -> 
     return float(times[hit[0]]) if hit.size else math.inf
 
 
+def steps_to_reach(run: MnistRun, target: float, window: int = SMOOTH_WINDOW) -> float:
+    """The first step at which the run's smoothed loss is ≤ ``target``; inf if it never is."""
+    steps, _, s = smoothed_loss(run, window)
+    hit = np.flatnonzero(s <= target)
+    return float(steps[hit[0]]) if hit.size else math.inf
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0 or not math.isfinite(b):
         return None
@@ -107,21 +114,30 @@ def seed_metrics(forward: MnistRun | None, backprop: MnistRun | None,
     """Every metric of one seed from its complete runs (either may be None).
 
     Keys: ``f_ms`` (mean of both runs' T(f)), ``ms_forward``, ``ms_backprop``, ``R_f``, ``R_b``,
-    ``R_f/R_b``, ``target`` (backprop's best smoothed loss), ``T_f``, ``T_b``, ``T_f/T_b``
-    (inf when forward gradient never reaches the target), ``loss_*``, ``acc_*``, ``mem_*``
-    (MiB, XLA's estimate for one compiled step), ``dev_*`` (MiB, device allocator peak).
+    ``R_f/R_b`` (= ms_forward / ms_backprop), ``target`` (backprop's best smoothed loss),
+    ``T_f``, ``T_b``, ``T_f/T_b`` (inf when forward gradient never reaches the target),
+    ``step_f``, ``step_b`` (the steps at which each first reaches it), ``T_f/T_b_bound``
+    (forward's whole training time over T_b: the lower bound when it never reaches it),
+    ``loss_*``, ``acc_*``, ``mem_*`` (MiB, XLA's estimate for one compiled step), ``dev_*``
+    (MiB, device allocator peak).
     """
     m: dict[str, float | None] = {}
     for method, run in (("forward", forward), ("backprop", backprop)):
         if run is not None:
             m.update(_method_metrics(run, method))
     m["f_ms"] = _mean_of([m.get("f_ms_forward"), m.get("f_ms_backprop")])
-    m["R_f/R_b"] = _ratio(m.get("R_f"), m.get("R_b"))
+    # From the two step times themselves (each run's T(f) differs a little, so R_f / R_b of
+    # two runs would not agree with the step times printed beside it).
+    m["R_f/R_b"] = _ratio(m.get("ms_forward"), m.get("ms_backprop"))
     if forward is not None and backprop is not None:
         m["target"] = best_loss(backprop, window)
         m["T_b"] = time_to_reach(backprop, m["target"], window)
         m["T_f"] = time_to_reach(forward, m["target"], window)
         m["T_f/T_b"] = _ratio(m["T_f"], m["T_b"])
+        m["step_f"] = steps_to_reach(forward, m["target"], window)
+        m["step_b"] = steps_to_reach(backprop, m["target"], window)
+        # forward never reached it: T_f/T_b is at least its whole training time over T_b
+        m["T_f/T_b_bound"] = _ratio(float(forward.time[-1]), m["T_b"])
     return m
 
 

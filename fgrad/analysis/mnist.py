@@ -22,6 +22,7 @@ from fgrad.analysis.metrics import (
     Stat,
     group_runs,
     lr_stats,
+    seed_metrics,
 )
 from fgrad.analysis.plotting import _new_figure, band, mark_times, mnist_curves, style_axes
 from fgrad.analysis.runs import MnistRun, load_mnist_runs
@@ -113,7 +114,7 @@ def _time_sentence(stats: dict[str, Stat | None], paper: dict[str, float], steps
     total = ratio.n + ratio.missed
     if ratio.n == 0:
         return (f"forward gradient did not reach {goal} within {steps} steps in any of {total} "
-                f"seed(s){paper_note}.")
+                f"seed(s){paper_note}: T_f/T_b not judged, the runs are too short.")
     speed = (f"{1 / ratio.mean:.3g}× faster" if ratio.mean < 1 else
              f"{ratio.mean:.3g}× slower")
     text = (f"forward gradient reached {goal} {speed} than backprop (T_f = {tf.mean:.3g} s, "
@@ -122,11 +123,47 @@ def _time_sentence(stats: dict[str, Stat | None], paper: dict[str, float], steps
         text += (f", in the {ratio.n} of {total} seed(s) where it reached it at all within "
                  f"{steps} steps")
     text += paper_note
-    if "T_f/T_b" in paper:
-        agrees = ratio.missed == 0 and (ratio.mean < 1) == (paper["T_f/T_b"] < 1)
-        text += ": this agrees with the paper in direction" if agrees else \
-            ": this does not agree with the paper"
+    if ratio.missed:
+        text += (": T_f/T_b not judged against the paper, the runs are too short for "
+                 f"{ratio.missed} of {total} seed(s)")
+    elif ratio.n < 2:
+        text += ": one seed, so not judged against the paper"
+    elif "T_f/T_b" in paper:
+        agrees = (ratio.mean < 1) == (paper["T_f/T_b"] < 1)
+        text += (f": this agrees with the paper in direction ({ratio.n} seeds)" if agrees else
+                 f": this does not agree with the paper ({ratio.n} seeds)")
     return text + "."
+
+
+def _per_seed_line(seeds: dict[int, dict[str, MnistRun]], window: int) -> str:
+    """T_f/T_b of every seed, with the steps at which each method first reached the target."""
+    parts = []
+    for seed, runs in sorted(seeds.items()):
+        if "forward" not in runs or "backprop" not in runs:
+            continue
+        m = seed_metrics(runs["forward"], runs["backprop"], window)
+        steps = int(runs["forward"].summary["steps"])
+        if math.isfinite(m["T_f"]):
+            parts.append(f"seed {seed}: {m['T_f/T_b']:.3g} (forward at step {m['step_f']:,.0f}, "
+                         f"backprop at step {m['step_b']:,.0f})")
+        else:
+            parts.append(f"seed {seed}: not reached in {steps:,} steps (T_f/T_b > "
+                         f"{m['T_f/T_b_bound']:.3g}; backprop at step {m['step_b']:,.0f})")
+    reached = sum("not reached" not in p for p in parts)
+    return (f"T_f/T_b per seed ({reached} of {len(parts)} seed(s) reached backprop's best "
+            f"loss): " + "; ".join(parts) + ".") if parts else ""
+
+
+def _schedule_line(runs: Sequence[MnistRun], lr: float) -> str:
+    """The schedule's total step size over the run, beside its cap η₀/k."""
+    k = float(runs[0].summary.get("config", {}).get("decay") or 0.0)
+    steps = max(int(r.summary["steps"]) for r in runs)
+    if k <= 0:
+        return ""
+    total = lr * (1 - math.exp(-steps * k)) / k
+    return (f"The schedule η_i = η₀·e^(−ik) (k = {k:g}) gives a run of {steps:,} steps a total "
+            f"step size Σ η_i = η₀(1 − e^(−Nk))/k = {total:.3g}, of at most η₀/k = {lr / k:.3g} "
+            "for any length.")
 
 
 def _accuracy_sentence(stats: dict[str, Stat | None]) -> str:
@@ -152,8 +189,13 @@ def mnist_section(exp_dir: Path, window: int = SMOOTH_WINDOW) -> list[str]:
         paper = paper_values(experiment, lr)
         steps = _steps_of(seeds)
         lr_runs = [r for by_variant in seeds.values() for r in by_variant.values()]
-        lines += ["", f"### η₀ = {lr:g}", "", setup_line(lr_runs), ""]
+        lines += ["", f"### η₀ = {lr:g}", "",
+                  " ".join(x for x in (setup_line(lr_runs), _schedule_line(lr_runs, lr)) if x),
+                  ""]
         lines += _lr_table(stats, paper)
+        per_seed = _per_seed_line(seeds, window)
+        if per_seed:
+            lines += ["", per_seed]
         summary.append(f"At η₀ = {lr:g}: " + " ".join(
             s for s in (_time_sentence(stats, paper, steps, window),
                         _speed_sentence(stats, paper), _accuracy_sentence(stats)) if s))

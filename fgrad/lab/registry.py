@@ -121,8 +121,8 @@ def sections(names: Sequence[str], preset: str, directory: Path | None = None) -
 
     out = []
     for e in experiments(directory).values():
-        if e.name in names and preset in e.presets:
-            cfg = e.config(preset)
+        if e.name in names:  # an experiment without this preset still has its (empty) section
+            cfg = e.config(preset if preset in e.presets else e.presets[0])
             if cfg.report:
                 family = importlib.import_module(f"fgrad.analysis.{cfg.report}").FAMILY
                 out.append(Section(e.name, cfg.title, family))
