@@ -15,7 +15,7 @@ in fgrad/lab/timing.py.
 
 import sys
 
-from fgrad.lab.config import defaults, finalize
+from fgrad.lab.config import experiment
 
 PRESETS = {
     "full": {"batch_sizes": [64, 1024], "rounds": 7, "min_round_s": 0.05, "warmup": 0,
@@ -32,12 +32,10 @@ PRESETS = {
 def get_config(preset: str = "full"):
     from fgrad.lab.timing import default_methods
 
-    cfg = defaults("bench")
-    cfg.update(name="bench", order=200, group="standalone", report="", title="Step benchmark",
-               results_dir="results/bench", models=["logreg", "mlp", "cnn"],
-               methods=[m.name for m in default_methods()], seed=0)
-    cfg.update(**PRESETS[preset])
-    return finalize(cfg)
+    return experiment("bench", PRESETS[preset], name="bench", order=200, group="standalone",
+                      report="", title="Step benchmark",
+                      results_dir="results/bench", models=["logreg", "mlp", "cnn"],
+                      methods=[m.name for m in default_methods()], seed=0)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ stated in the sources we had).
 
 import sys
 
-from fgrad.lab.config import defaults, finalize
+from fgrad.lab.config import experiment
 
 MODEL = {"init_scheme": "pytorch"}  # the paper's code's (PyTorch's) initialisation
 # No cpu preset: the CNN learns nothing in the steps a short CPU run affords (300 steps: test
@@ -24,11 +24,9 @@ PRESETS = {
 
 
 def get_config(preset: str = "full"):
-    cfg = defaults("mnist")
-    cfg.update(name="cnn", title="CNN on MNIST", order=40, model="cnn",
-               model_kwargs=MODEL, learning_rates=[2e-4], steps=20_000, eval_every=1_000)
-    cfg.update(**PRESETS[preset])
-    return finalize(cfg)
+    return experiment("mnist", PRESETS[preset], name="cnn", order=40, title="CNN on MNIST",
+                      model="cnn", model_kwargs=MODEL, learning_rates=[2e-4], steps=20_000,
+                      eval_every=1_000)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ as in the paper's protocol).
 
 import sys
 
-from fgrad.lab.config import defaults, finalize
+from fgrad.lab.config import experiment
 
 MODEL = {"init_scheme": "pytorch"}  # the paper's code's (PyTorch's) initialisation
 PRESETS = {
@@ -24,11 +24,9 @@ PRESETS = {
 
 
 def get_config(preset: str = "cpu"):
-    cfg = defaults("mnist")
-    cfg.update(name="logreg", title="Logistic regression on MNIST", order=20, model="logreg",
-               model_kwargs=MODEL, learning_rates=[2e-4], steps=25_000, eval_every=1_000)
-    cfg.update(**PRESETS[preset])
-    return finalize(cfg)
+    return experiment("mnist", PRESETS[preset], name="logreg", order=20,
+                      title="Logistic regression on MNIST", model="logreg", model_kwargs=MODEL,
+                      learning_rates=[2e-4], steps=25_000, eval_every=1_000)
 
 
 if __name__ == "__main__":

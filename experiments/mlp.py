@@ -13,7 +13,7 @@ SGD, batch 64, η_i = η₀·e^(−ik) with k = 1e-4, normal tangents, one tange
 
 import sys
 
-from fgrad.lab.config import defaults, finalize
+from fgrad.lab.config import experiment
 
 MODEL = {"width": 1024, "depth": 2, "init_scheme": "pytorch"}
 
@@ -32,11 +32,9 @@ PRESETS = {
 
 
 def get_config(preset: str = "cpu"):
-    cfg = defaults("mnist")
-    cfg.update(name="mlp", title="MLP on MNIST", order=30, model="mlp", model_kwargs=MODEL,
-               learning_rates=[2e-5, 2e-4], steps=20_000, eval_every=1_000)
-    cfg.update(**PRESETS[preset])
-    return finalize(cfg)
+    return experiment("mnist", PRESETS[preset], name="mlp", order=30, title="MLP on MNIST",
+                      model="mlp", model_kwargs=MODEL, learning_rates=[2e-5, 2e-4],
+                      steps=20_000, eval_every=1_000)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ noise level (the update's size), not the forward gradient's structure.
 
 import sys
 
-from fgrad.lab.config import defaults, finalize
+from fgrad.lab.config import experiment
 
 PRESETS = {
     "cpu": {"seeds": [0]},
@@ -25,15 +25,14 @@ PRESETS = {
 
 
 def get_config(preset: str = "cpu"):
-    cfg = defaults("mnist")
-    cfg.update(name="mlp_control", order=75, group="beyond", report="control",
-               title="Control: forward gradient vs backprop plus the same noise, per iteration "
-               "(beyond the paper)",
-               model="mlp", model_kwargs={"width": 1024, "depth": 2, "init_scheme": "pytorch"},
-               learning_rates=[2e-4], methods=["forward", "backprop", "backprop_noise"],
-               steps=20_000, eval_every=500)
-    cfg.update(**PRESETS[preset])
-    return finalize(cfg)
+    return experiment("mnist", PRESETS[preset], name="mlp_control", order=75, group="beyond",
+                      report="control",
+                      title="Control: forward gradient vs backprop plus the same noise, per "
+                      "iteration (beyond the paper)",
+                      model="mlp",
+                      model_kwargs={"width": 1024, "depth": 2, "init_scheme": "pytorch"},
+                      learning_rates=[2e-4], methods=["forward", "backprop", "backprop_noise"],
+                      steps=20_000, eval_every=500)
 
 
 if __name__ == "__main__":

@@ -114,15 +114,21 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 NOT_RESULTS = ("title", "order", "group", "report", "results_dir", "checkpoint_every")
 
 
-def config_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
+def config_changes(old: Any, new: Any, prefix: str = "",
+                   defaults: dict[str, Any] | None = None) -> list[str]:
     """The keys (dotted) whose values differ between two JSON-ready configs, as
-    ``key: old → new`` (top-level keys of :data:`NOT_RESULTS` left out)."""
+    ``key: old → new`` (top-level keys of :data:`NOT_RESULTS` left out). A top-level key the
+    old config lacks but whose new value is its default (``defaults``) is no change: the option
+    was added later, and the old results were made as with its default."""
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for k in sorted(set(old) | set(new)):
             if not prefix and k in NOT_RESULTS:
                 continue
             key = f"{prefix}{k}"
+            if (not prefix and k not in old and defaults is not None and k in defaults
+                    and new[k] == defaults[k]):
+                continue
             if k not in old:
                 out.append(f"{key}: (none) → {_short(new[k])}")
             elif k not in new:
@@ -139,12 +145,14 @@ def _short(value: Any) -> str:
 
 
 def check_config(summary_path: str | os.PathLike, summary: dict[str, Any],
-                 config: dict[str, Any]) -> None:
+                 config: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
     """Raises a one-line ResultsError when ``summary`` (read from ``summary_path``) was made
-    with another config than ``config``: its results are never overwritten silently."""
+    with another config than ``config`` (see :func:`config_changes` for ``defaults``): its
+    results are never overwritten silently."""
     if "config" not in summary:
         return
-    changes = config_changes(summary["config"], _clean(config))
+    changes = config_changes(summary["config"], _clean(config),
+                             defaults=None if defaults is None else _clean(defaults))
     if changes:
         more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
         raise ResultsError(
@@ -153,7 +161,8 @@ def check_config(summary_path: str | os.PathLike, summary: dict[str, Any],
             " them")
 
 
-def is_done(summary_path: str | os.PathLike, config: dict[str, Any] | None = None) -> bool:
+def is_done(summary_path: str | os.PathLike, config: dict[str, Any] | None = None,
+            defaults: dict[str, Any] | None = None) -> bool:
     """True when the summary exists and its run finished (complete or diverged).
 
     Raises:
@@ -166,7 +175,7 @@ def is_done(summary_path: str | os.PathLike, config: dict[str, Any] | None = Non
     except ResultsError:
         return False
     if config is not None:
-        check_config(summary_path, summary, config)
+        check_config(summary_path, summary, config, defaults)
     return summary.get("status") in DONE
 
 

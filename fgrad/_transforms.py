@@ -64,6 +64,11 @@ def _check_seed(seed: int | jax.Array) -> None:
         raise TypeError(f"seed must be an integer or a PRNG key (jax.random.key), got {seed!r}")
 
 
+def _need_params(params: PyTree | None, source: str) -> None:
+    if params is None:
+        raise ValueError(f"{source} needs params: call update(u, s, params, value_fn=...)")
+
+
 def _key(seed: int | jax.Array) -> jax.Array:
     return jax.random.key(int(seed)) if isinstance(seed, numbers.Integral) else seed
 
@@ -153,9 +158,7 @@ def forward_gradient_source(
     def update_fn(updates, state, params=None, *, value_fn: Callable[[PyTree], jax.Array],
                   **extra_args):
         del updates, extra_args
-        if params is None:
-            raise ValueError("forward_gradient_source needs params: call update(u, s, params, "
-                             "value_fn=...)")
+        _need_params(params, "forward_gradient_source")
         key, subkey = jax.random.split(state.key)
         out = forward_gradient(value_fn, params, subkey, num_tangents=num_tangents,
                                distribution=distribution, combine=combine,
@@ -195,9 +198,7 @@ def backprop_source(axis_name: str | None = None) -> optax.GradientTransformatio
     def update_fn(updates, state, params=None, *, value_fn: Callable[[PyTree], jax.Array],
                   **extra_args):
         del updates, extra_args
-        if params is None:
-            raise ValueError("backprop_source needs params: call update(u, s, params, "
-                             "value_fn=...)")
+        _need_params(params, "backprop_source")
         value, grad = mean_value_and_grad(value_fn, params, axis_name)
         return grad, BackpropState(value.astype(jnp.float32))
 
@@ -242,9 +243,7 @@ def noisy_backprop_source(seed: int | jax.Array = 0, *, axis_name: str | None = 
     def update_fn(updates, state, params=None, *, value_fn: Callable[[PyTree], jax.Array],
                   **extra_args):
         del updates, extra_args
-        if params is None:
-            raise ValueError("noisy_backprop_source needs params: call update(u, s, params, "
-                             "value_fn=...)")
+        _need_params(params, "noisy_backprop_source")
         value, grad = mean_value_and_grad(value_fn, params, axis_name)
         key, k_z, k_s = jax.random.split(state.key, 3)
         z = jax.tree.map(lambda v: v[0], sample_tangents(k_z, grad, 1, "normal"))

@@ -70,3 +70,14 @@ def test_python_m_fgrad_lists_the_experiments_and_imports_no_cli_from_the_librar
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_an_option_added_later_at_its_default_is_no_config_change():
+    from fgrad._results import config_changes
+
+    old = {"steps": 10, "lr": 0.1}
+    new = {"steps": 10, "lr": 0.1, "combine": "mean"}
+    assert config_changes(old, new, defaults={"combine": "mean"}) == []
+    assert config_changes(old, {**new, "combine": "projection"},
+                          defaults={"combine": "mean"}) == ['combine: (none) → "projection"']
+    assert config_changes(old, new) == ['combine: (none) → "mean"']  # without defaults: a change

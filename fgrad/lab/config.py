@@ -228,6 +228,21 @@ def check(cfg: Mapping[str, Any]) -> None:
                              f"({chunk}) ({name}): pass --chunk N with N dividing it")
 
 
+def experiment(kind: str, preset: Mapping[str, Any], **fields: Any) -> ConfigDict:
+    """An experiment's locked config: :func:`defaults` of ``kind``, then ``fields`` (what the
+    experiment sets), then ``preset`` (what its chosen preset sets), then :func:`finalize`.
+
+    Example (``experiments/logreg.py``)::
+
+      def get_config(preset="cpu"):
+          return experiment("mnist", PRESETS[preset], name="logreg", model="logreg", ...)
+    """
+    cfg = defaults(kind)
+    cfg.update(**fields)
+    cfg.update(**preset)
+    return finalize(cfg)
+
+
 def to_dict(cfg: ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
     """A plain, JSON-ready dict of a config (tuples as lists), as results files store it."""
     plain = cfg.to_dict() if isinstance(cfg, ConfigDict) else copy.deepcopy(dict(cfg))

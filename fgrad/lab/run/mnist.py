@@ -45,6 +45,7 @@ from fgrad.train.step import (
     make_train_step,
 )
 
+MNIST_DEFAULTS = to_dict(defaults("mnist"))  # options added later count as made with these
 CHECKPOINTS = ".ckpt"  # OUT/.ckpt/NAME: a run's mid-run checkpoints (git-ignored)
 
 
@@ -67,7 +68,7 @@ def run(cfg: ConfigDict, out_dir: Path, opts: RunOptions) -> None:
               "report still read it: delete it (and its .jsonl) if it is not wanted")
     todo = []
     for run_cfg, lr, seed, name in runs:
-        if opts.force or not is_done(out_dir / f"{name}.json", run_cfg):
+        if opts.force or not is_done(out_dir / f"{name}.json", run_cfg, MNIST_DEFAULTS):
             todo.append((run_cfg, lr, seed, name))
         else:
             print(f"[skip] {out_dir / name} is complete (FORCE=1 / --force reruns it)")
