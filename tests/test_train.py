@@ -166,3 +166,25 @@ def test_forward_step_traces_no_backward_pass_unless_diagnostics(diagnostics):
     assert count(fgrad.backprop_source()) == layers
     assert count(fgrad.forward_gradient_source(0, diagnostics=diagnostics)) == (
         layers if diagnostics else 0)
+
+
+def test_a_diverged_run_is_charged_only_for_the_steps_it_kept(mnist, tmp_path):
+    """A call of 50 steps that diverges at its 2nd step charges 2/50 of the call's time, so the
+    diverged run's ms/step is a step's cost (it was ~25× too high when the whole call's time was
+    divided by the 2 steps kept)."""
+    ok = train_run(_cfg("logreg", 100, steps_per_call=50), mnist, "backprop", 0.01, 0,
+                   tmp_path, "ok")
+    div = train_run(_cfg("logreg", 100, steps_per_call=50), mnist, "backprop", 1e12, 0,
+                    tmp_path, "div")
+    assert div["status"] == "diverged" and div["steps_done"] < 50
+    assert div["ms_per_step"] < 5 * ok["ms_per_step"], (div["ms_per_step"], ok["ms_per_step"])
+
+
+def test_progress_is_printed_per_evaluation_without_a_terminal(mnist_dir, tmp_path):
+    env = {**os.environ, "FGRAD_MNIST_DIR": str(mnist_dir), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, str(ROOT / "experiments" / "logreg.py"), "--steps", "40",
+           "--seeds", "1", "--method", "forward", "--steps-per-call", "10", "--eval-every", "20",
+           "--eval-examples", "1000", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "logreg/forward_lr0.0002_seed0: step 20/40, loss" in proc.stdout

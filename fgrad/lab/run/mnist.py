@@ -199,7 +199,7 @@ def train_run(cfg: Mapping[str, Any], data: Mnist, method: str, learning_rate: f
     def evaluate(st, step: int, elapsed: float) -> dict[str, Any]:
         loss, acc = jax.device_get(eval_fn(st.params, test_x, test_y))
         return {"kind": "eval", "step": step, "time": elapsed, "test_loss": float(loss),
-                "test_acc": float(acc), "param_norm": float(optax.global_norm(st.params))}
+                "test_acc": float(acc), "param_norm": float(optax.tree.norm(st.params))}
 
     def on_eval(pos: Position) -> None:
         summary.update(steps_done=pos.step, train_time_s=pos.time)
