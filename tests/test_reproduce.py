@@ -86,3 +86,19 @@ def test_reproduce_resumes_after_an_interruption(tmp_path: Path, monkeypatch):
                                   directory=experiments)
     assert calls == ["beale_forward", "beale_backprop", "rosenbrock_forward",
                      "rosenbrock_backprop"]
+
+
+def test_a_test_function_run_that_reaches_nan_is_diverged_not_complete(tmp_path: Path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "experiments" / "test_functions.py"), "--steps", "250",
+           "--seeds", "2", "--config.functions.rosenbrock.learning_rate=1.0",
+           "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "rosenbrock_forward.json").read_text())
+    assert summary["status"] == "diverged" and 0 < summary["diverged_step"] < 250
+    assert "rosenbrock_forward: f(x) became non-finite at iteration" in proc.stderr
+    assert json.loads((tmp_path / "beale_forward.json").read_text())["status"] == "complete"

@@ -8,6 +8,7 @@ Per (function, method) the arrays go to ``NAME.npz`` and the summary to ``NAME.j
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -105,9 +106,14 @@ def run(cfg: ConfigDict, out_dir: Path, opts: RunOptions) -> None:
         except OSError as e:
             raise write_error(out_dir / f"{name}.npz", e) from None
         final = res["f"][:, -1].astype(np.float64)
+        # Diverged: f(x) non-finite at some iteration of some seed (as the MNIST loop's test).
+        bad = ~np.isfinite(res["f"])
+        diverged = int(np.flatnonzero(bad.any(axis=0))[0]) if bad.any() else None
         summary = {
             "experiment": cfg["name"], "function": fn_name, "method": method,
-            "status": "complete", "config": part_cfg,
+            "status": "complete" if diverged is None else "diverged",
+            "diverged_step": diverged, "steps_done": fn_cfg["steps"],
+            "steps": fn_cfg["steps"], "config": part_cfg,
             "seeds": list(range(int(cfg["seeds"]))), "env": env,
             "final_f_mean": final.mean(), "final_f_std": final.std(),
             "final_f": final, "run_time_s_mean": res["time"][:, -1].mean(),
@@ -115,6 +121,11 @@ def run(cfg: ConfigDict, out_dir: Path, opts: RunOptions) -> None:
             "us_per_step": 1e6 * res["time"][:, -1].mean() / fn_cfg["steps"],
         }
         write_json(out_dir / f"{name}.json", summary)
+        if diverged is not None:
+            print(f"{name}: f(x) became non-finite at iteration {diverged} in "
+                  f"{int(bad.any(axis=1).sum())} of {len(final)} seeds: diverged (try a smaller "
+                  "learning rate)", file=sys.stderr)
+            continue
         print(f"{name}: final f = {final.mean():.4g} ± {final.std():.2g} over "
               f"{len(final)} seeds, {summary['us_per_step']:.1f} µs/step, "
               f"compile {summary['compile_s_mean']:.2f} s")
