@@ -1,5 +1,5 @@
 """The step benchmark's Markdown file and progress line (from the result of
-:func:`fgrad._bench.run_bench`): machine and versions, the per-method table, the loop-style
+:func:`fgrad.lab.run.bench.run_bench`): machine and versions, the per-method table, the loop-style
 check."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _loop_row(c: dict[str, Any], name: str, v: dict[str, Any]) -> list[Any]:
 
 
 def bench_markdown(result: dict[str, Any]) -> str:
-    """The Markdown report of :func:`fgrad._bench.run_bench`: machine and versions, the
+    """The Markdown report of :func:`fgrad.lab.run.bench.run_bench`: machine and versions, the
     per-method table, and the loop-style check."""
     env = result["env"]
     lines = [

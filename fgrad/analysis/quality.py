@@ -20,8 +20,9 @@ from fgrad.analysis.runs import Excluded, _number, load_quality
 from fgrad.analysis.tables import NA, excluded_lines, fmt, markdown_table
 
 QUALITY_FORMULAS = (
-    "Theory (`fgrad/_quality.py`; ∇ is the exact gradient on one fixed minibatch, with n "
-    "entries; g an estimate from K tangents v with i.i.d. zero-mean unit-variance entries): "
+    "Theory (`fgrad/lab/run/estimator_quality.py`; ∇ is the exact gradient on one fixed "
+    "minibatch, with n entries; g an estimate from K tangents v with i.i.d. zero-mean "
+    "unit-variance entries): "
     "for the mean of K estimates, Var[g_i] = (‖∇‖² + ∇_i²) / K with normal v and "
     "(‖∇‖² − ∇_i²) / K with Rademacher v, so the mean over the n entries is "
     "(‖∇‖² ± ‖∇‖²/n) / K; E[cos²(g, ∇)] ≈ K / (n + K − 1) (n ≫ K; exactly 1/n for K = 1, "
