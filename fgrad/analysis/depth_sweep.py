@@ -102,13 +102,19 @@ def plot_depth_sweep(result: dict[str, Any] | None, name: str) -> Figure | None:
                         label=f"{METHOD_LABELS[method]}: beyond parameter-sized")
         row[1].plot(s["depth"], s["R_f"] / s["R_b"], "o-", color="k", label="R_f / R_b")
         row[1].axhline(1.0, color="gray", lw=0.8, ls=":")
-        for ax in row:
+        for ax in row:  # log x, ticked at the depths tested
             ax.set_xscale("log")
+            ax.set_xticks(list(s["depth"]), [str(int(d)) for d in s["depth"]])
+            ax.minorticks_off()
         style_axes(row[0], "depth (hidden layers)", "step time / time of f",
                    f"batch {b}: runtime cost")
         style_axes(row[1], "depth (hidden layers)", "R_f / R_b", f"batch {b}: relative cost")
         style_axes(row[2], "depth (hidden layers)", "peak memory (MiB)",
                    f"batch {b}: XLA peak memory", logy=True)
+        # headroom above the lines (log scale) for the legend, so it covers no data
+        lo, hi = row[2].get_ylim()
+        row[2].set_ylim(lo, hi * 12)
+        row[2].legend(fontsize=6, loc="upper left", framealpha=0.8)
     fig.suptitle(f"{name}: MLP width {result.get('config', {}).get('width', '?')}", fontsize=11)
     return fig
 
