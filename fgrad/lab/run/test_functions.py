@@ -2,7 +2,8 @@
 
 For each function, method and seed, the optimiser runs jit-compiled in ``lax.scan`` chunks;
 f(x) and x are recorded at every iteration and the cumulative wall time at chunk boundaries
-(after ``block_until_ready``). Compilation is done ahead of time and timed apart.
+(after ``block_until_ready``). Compilation is done ahead of time and timed apart, and one
+untimed warm-up call precedes the timed ones.
 Per (function, method) the arrays go to ``NAME.npz`` and the summary to ``NAME.json``.
 """
 
@@ -66,6 +67,10 @@ def run_trajectories(fn_name: str, method: str, fn_cfg: dict[str, Any], cfg: dic
         t0 = time.perf_counter()
         run = _chunk_fn(fun, tx, chunk).lower(carry).compile()
         compile_s.append(time.perf_counter() - t0)
+        # One untimed call on a fresh copy first: a compiled function's first call pays one-off
+        # costs (it was most of backprop's first 250-iteration chunk on Beale), which would
+        # otherwise sit inside the timed region.
+        jax.block_until_ready(run((jnp.array(x0, copy=True), tx.init(x0))))
         f_seed, x_seed, t_seed, elapsed = [], [], [0.0], 0.0
         for _ in range(steps // chunk):
             t0 = time.perf_counter()
