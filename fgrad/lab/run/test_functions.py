@@ -24,6 +24,7 @@ from fgrad._env import environment
 from fgrad._functions import FUNCTIONS
 from fgrad._results import is_done, write_error, write_json
 from fgrad._schedules import check_learning_rate
+from fgrad._tangents import sample_tangents
 from fgrad.lab.build import build_optimizer
 from fgrad.lab.config import to_dict
 from fgrad.lab.run import RunOptions
@@ -37,6 +38,37 @@ def _chunk_fn(fun, tx, length):
         return (optax.apply_updates(x, updates), state), (source_value(state), x)
 
     return jax.jit(lambda carry: jax.lax.scan(body, carry, length=length), donate_argnums=0)
+
+
+def sample_us_per_step(x0: jax.Array, cfg: dict[str, Any], steps: int, reps: int = 5) -> float:
+    """µs per iteration of the forward gradient's random draw alone (a key split and a tangent
+    per iteration, in a scan of ``steps`` like the optimiser's), median of ``reps`` timed calls
+    after a warm-up: the part of a forward-gradient iteration that backprop does not have.
+
+    Args:
+      x0: the start point (the tangent's shape).
+      cfg: the experiment config (``num_tangents``, ``distribution``).
+      steps: iterations per call.
+      reps: timed calls.
+
+    Returns:
+      The median µs per iteration.
+    """
+    k, dist = int(cfg.get("num_tangents", 1)), cfg.get("distribution", "normal")
+
+    def body(key, _):
+        key, sub = jax.random.split(key)
+        return key, sample_tangents(sub, x0, k, dist).sum()
+
+    draw = jax.jit(lambda key: jax.lax.scan(body, key, length=steps))
+    key = jax.random.key(0)
+    jax.block_until_ready(draw(key))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(draw(key))
+        times.append(time.perf_counter() - t0)
+    return 1e6 * float(np.median(times)) / steps
 
 
 def run_trajectories(fn_name: str, method: str, fn_cfg: dict[str, Any], cfg: dict[str, Any]
@@ -124,6 +156,9 @@ def run(cfg: ConfigDict, out_dir: Path, opts: RunOptions) -> None:
             "final_f": final, "run_time_s_mean": res["time"][:, -1].mean(),
             "compile_s_mean": res["compile_s"].mean(),
             "us_per_step": 1e6 * res["time"][:, -1].mean() / fn_cfg["steps"],
+            "sample_us_per_step": (sample_us_per_step(jnp.asarray(fn_cfg["start"], jnp.float32),
+                                                      cfg, int(cfg["chunk"]))
+                                   if method == "forward" else None),
         }
         write_json(out_dir / f"{name}.json", summary)
         if diverged is not None:
