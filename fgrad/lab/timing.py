@@ -290,15 +290,33 @@ def choose_scan_steps(step_s: float, target_call_s: float, max_steps: int) -> in
 
 
 
-def median_call_ms(fn: Callable, *args: Any, reps: int = 20) -> float:
-    """Median wall time in ms of an already-compiled ``fn(*args)`` over ``reps`` calls."""
-    jax.block_until_ready(fn(*args))
+def loss_ms(loss_fn: Callable, params: PyTree, images: jax.Array, labels: jax.Array,
+            scan_steps: int, budget_s: float = 3.0) -> dict[str, float]:
+    """T(f) measured the way a training step is run: one compiled call evaluates f on the batch
+    ``scan_steps`` times in a scan (each evaluation depending on the previous, as in
+    :func:`compile_method`), so the per-call dispatch is shared as it is by the steps.
+
+    Args:
+      loss_fn: ``loss(params, images, labels)``.
+      params, images, labels: its arguments (one batch).
+      scan_steps: evaluations per call: the run's steps per compiled call.
+      budget_s: about how long the timed calls may take in all (3 to 20 calls).
+
+    Returns:
+      ``{"ms": median ms per evaluation, "ms_p25", "ms_p75", "ms_min", "n": calls timed,
+      "scan_steps": scan_steps}``.
+    """
+    scan_steps = max(1, int(scan_steps))
+    fn = jax.jit(_f_fn(loss_fn, scan_steps)).lower(params, images, labels).compile()
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(params, images, labels))  # warm-up, also sizes the repetitions
+    reps = int(min(20, max(3, budget_s / max(time.perf_counter() - t0, 1e-6))))
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
+        jax.block_until_ready(fn(params, images, labels))
+        times.append((time.perf_counter() - t0) / scan_steps)
+    return {**summarize(times), "scan_steps": scan_steps}
 
 
 def device_slug(env: dict[str, Any]) -> str:
