@@ -16,6 +16,8 @@ from fgrad.analysis.metrics import (
     _ratio,
     backprop_ms,
     group_variants,
+    f_line,
+    shared_f_ms,
     variant_stats,
 )
 from fgrad.analysis.plotting import (
@@ -87,14 +89,16 @@ def k_sweep_section(exp_dir: Path) -> list[str]:
     if not runs:
         return ["No complete runs.", *excluded_lines(excluded)]
     bp_ms = backprop_ms(runs)
-    table = [(variant, lr, seeds, variant_stats(seeds, bp_ms))
+    shared = shared_f_ms(runs)
+    f_ms = None if shared is None else shared.mean
+    table = [(variant, lr, seeds, variant_stats(seeds, bp_ms, f_ms))
              for variant, by_lr in group_variants(runs).items() for lr, seeds in by_lr.items()]
     every = run_setting(runs[0], "diagnostics_every")
     logged = (f"Cosines with the exact minibatch gradient are logged every {every} steps, by a "
               "computation compiled apart from the timed step." if every else
               "No cosines were logged (`diagnostics_every` unset).")
     lines = [f"{setup_line(runs)} Backprop step time: the same seed's backprop run at the same "
-             f"η₀ (else at any η₀). {logged}", ""]
+             f"η₀ (else at any η₀). {logged} {f_line(runs)}", ""]
     lines += markdown_table(K_SWEEP_HEADER, [_k_sweep_row(*row) for row in table])
     sentence = _k_sweep_sentence([(next(iter(seeds.values())), stats)
                                   for _, _, seeds, stats in table])

@@ -1,8 +1,10 @@
 """The paper's metrics (Baydin et al. 2022, Section 5), from loaded runs; seeds aggregated.
 
-* ``T(f)``: median time of one loss evaluation on one batch (``f_ms`` of a run's summary).
-* ``R_f = T(forward-gradient step) / T(f)``, ``R_b = T(backprop step) / T(f)``, each from one
-  run's own ``ms_per_step`` and ``f_ms``.
+* ``T(f)``: median time of one loss evaluation on one batch. Every run times f after training
+  (``f_ms`` of its summary); a section uses ONE T(f) per (model, batch): the median over its
+  runs (:func:`shared_f_ms`), so that R_f / R_b equals the ratio of the step times.
+* ``R_f = T(forward-gradient step) / T(f)``, ``R_b = T(backprop step) / T(f)``, from each run's
+  ``ms_per_step`` and the shared T(f).
 * ``T_b``: wall time at which backprop's training loss, smoothed by a trailing running mean of
   :data:`SMOOTH_WINDOW` steps, first reaches its own minimum (its "best loss"); ``T_f``: the
   wall time at which forward gradient's smoothed loss first falls to that value, for the same
@@ -89,13 +91,14 @@ def _step_memory(mem: dict[str, Any]) -> float | None:
     return None if peak is None else peak - (_number(mem.get("data_bytes")) or 0.0)
 
 
-def run_metrics(run: MnistRun) -> dict[str, float | None]:
-    """One run's ``ms`` per step, ``f_ms`` (T(f)), ``R`` = ms / f_ms, final training ``loss``,
-    final test ``acc``, ``mem`` (MiB, XLA's estimate for one step beyond the training set),
-    ``dev`` (MiB, device peak)."""
+def run_metrics(run: MnistRun, f_ms: float | None = None) -> dict[str, float | None]:
+    """One run's ``ms`` per step, ``f_ms`` (T(f): ``f_ms`` if given, the section's shared one,
+    else the run's own), ``R`` = ms / f_ms, final training ``loss``, final test ``acc``, ``mem``
+    (MiB, XLA's estimate for one step beyond the training set), ``dev`` (MiB, device peak)."""
     s = run.summary
     mem = s.get("memory") or {}
-    ms, f_ms = _number(s.get("ms_per_step")), _number(s.get("f_ms"))
+    ms = _number(s.get("ms_per_step"))
+    f_ms = f_ms if f_ms is not None else _number(s.get("f_ms"))
     return {"ms": ms, "f_ms": f_ms, "R": _ratio(ms, f_ms),
             "loss": _number(s.get("final_train_loss")),
             "acc": _number((s.get("final_eval") or {}).get("test_acc")),
@@ -103,17 +106,19 @@ def run_metrics(run: MnistRun) -> dict[str, float | None]:
             "dev": _ratio(_number(mem.get("device_peak")), MIB)}
 
 
-def _method_metrics(run: MnistRun, method: str) -> dict[str, float | None]:
+def _method_metrics(run: MnistRun, method: str, f_ms: float | None
+                    ) -> dict[str, float | None]:
     """:func:`run_metrics` keyed by method: ``ms_forward``, ``R_f``, ``loss_forward``, ..."""
     return {f"R_{method[0]}" if k == "R" else f"{k}_{method}": v
-            for k, v in run_metrics(run).items()}
+            for k, v in run_metrics(run, f_ms).items()}
 
 
 def seed_metrics(forward: MnistRun | None, backprop: MnistRun | None,
-                 window: int = SMOOTH_WINDOW) -> dict[str, float | None]:
+                 window: int = SMOOTH_WINDOW, f_ms: float | None = None
+                 ) -> dict[str, float | None]:
     """Every metric of one seed from its complete runs (either may be None).
 
-    Keys: ``f_ms`` (mean of both runs' T(f)), ``ms_forward``, ``ms_backprop``, ``R_f``, ``R_b``,
+    Keys: ``f_ms`` (the shared T(f) when given, else the mean of both runs' own), ``ms_forward``, ``ms_backprop``, ``R_f``, ``R_b``,
     ``R_f/R_b`` (= ms_forward / ms_backprop), ``target`` (backprop's best smoothed loss),
     ``T_f``, ``T_b``, ``T_f/T_b`` (inf when forward gradient never reaches the target),
     ``step_f``, ``step_b`` (the steps at which each first reaches it), ``T_f/T_b_bound``
@@ -124,7 +129,7 @@ def seed_metrics(forward: MnistRun | None, backprop: MnistRun | None,
     m: dict[str, float | None] = {}
     for method, run in (("forward", forward), ("backprop", backprop)):
         if run is not None:
-            m.update(_method_metrics(run, method))
+            m.update(_method_metrics(run, method, f_ms))
     m["f_ms"] = _mean_of([m.get("f_ms_forward"), m.get("f_ms_backprop")])
     # From the two step times themselves (each run's T(f) differs a little, so R_f / R_b of
     # two runs would not agree with the step times printed beside it).
@@ -185,13 +190,54 @@ def aggregate(values: Iterable[float | None]) -> Stat | None:
     return Stat(mean, std, len(finite), len(vals) - len(finite))
 
 
-def lr_stats(seeds: dict[int, dict[str, MnistRun]], window: int = SMOOTH_WINDOW
-             ) -> dict[str, Stat | None]:
-    """Every metric of one learning rate, aggregated over its seeds."""
-    per_seed = [seed_metrics(r.get("forward"), r.get("backprop"), window)
+def shared_f_ms(runs: Iterable[MnistRun]) -> Stat | None:
+    """The one T(f) of a set of runs of the same model and batch: the median of their own
+    measurements (``mean`` holds the median), with the std over runs and their count."""
+    vals = [v for r in runs if (v := _number(r.summary.get("f_ms"))) is not None]
+    if not vals:
+        return None
+    return Stat(float(np.median(vals)), float(np.std(vals)), len(vals), 0)
+
+
+def f_protocol(runs: Iterable[MnistRun]) -> str:
+    """How the runs timed f: "S evaluations per compiled call" (as their steps ran), or one
+    call per evaluation for runs made before that protocol (their summary lacks ``f_timing``)."""
+    scans = sorted({int(t["scan_steps"]) for r in runs
+                    if isinstance(t := r.summary.get("f_timing"), dict) and "scan_steps" in t})
+    runs = list(runs)
+    old = sum(not isinstance(r.summary.get("f_timing"), dict) for r in runs)
+    parts = []
+    if scans:
+        parts.append(f"{'/'.join(map(str, scans))} evaluations of f per compiled call, as the "
+                     "steps ran")
+    if old:
+        parts.append(f"one jitted call per evaluation ({old} run(s) made before T(f) was timed "
+                     "as the steps run)")
+    return "; ".join(parts)
+
+
+def f_line(runs: Sequence[MnistRun]) -> str:
+    """The sentence stating a section's one T(f): its value, spread, count and protocol."""
+    shared = shared_f_ms(runs)
+    if shared is None:
+        return ""
+    return (f"T(f) = {shared.mean:.4g} ms: the median of the {shared.n} runs' measurements "
+            f"(std {shared.std:.2g} ms; {f_protocol(runs)}), one value for every R of this "
+            "section, so ratios of R are ratios of step times.")
+
+
+def lr_stats(seeds: dict[int, dict[str, MnistRun]], window: int = SMOOTH_WINDOW,
+             f_ms: Stat | None = None) -> dict[str, Stat | None]:
+    """Every metric of one learning rate, aggregated over its seeds; ``f_ms``: the section's
+    shared T(f) (:func:`shared_f_ms`), used for R_f and R_b and reported as T(f)."""
+    shared = None if f_ms is None else f_ms.mean
+    per_seed = [seed_metrics(r.get("forward"), r.get("backprop"), window, shared)
                 for _, r in sorted(seeds.items())]
     keys = {k for m in per_seed for k in m}
-    return {k: aggregate(m.get(k) for m in per_seed) for k in keys}
+    out = {k: aggregate(m.get(k) for m in per_seed) for k in keys}
+    if f_ms is not None:
+        out["f_ms"] = f_ms
+    return out
 
 
 def quality_ratios(row: dict[str, Any]) -> tuple[float | None, float | None]:
@@ -223,13 +269,14 @@ def backprop_ms(runs: Iterable[MnistRun]) -> BackpropTimes:
     return {key: ms for key, ms in means.items() if ms is not None}
 
 
-def variant_stats(seeds: dict[int, MnistRun], bp_ms: BackpropTimes) -> dict[str, Stat | None]:
-    """:func:`run_metrics` of one (variant, η₀) over its seeds, with ``vs_backprop`` (step time /
-    backprop's step time, same seed and η₀ where run, else its mean over η₀) and ``cosine``
-    (:func:`mean_cosine`)."""
+def variant_stats(seeds: dict[int, MnistRun], bp_ms: BackpropTimes,
+                  f_ms: float | None = None) -> dict[str, Stat | None]:
+    """:func:`run_metrics` of one (variant, η₀) over its seeds (``f_ms``: the shared T(f)), with
+    ``vs_backprop`` (step time / backprop's step time, same seed and η₀ where run, else its mean
+    over η₀) and ``cosine`` (:func:`mean_cosine`)."""
     per_seed = []
     for seed, run in sorted(seeds.items()):
-        m = run_metrics(run)
+        m = run_metrics(run, f_ms)
         bp = bp_ms.get((seed, run.learning_rate), bp_ms.get((seed, None)))
         m.update(vs_backprop=_ratio(m["ms"], bp), cosine=mean_cosine(run))
         per_seed.append(m)
@@ -286,7 +333,9 @@ def sweep_points(runs: Sequence[MnistRun], excluded: Sequence[Excluded]
     """Every (variant, η₀) with a run, complete or not, in variant then η₀ order."""
     grouped, failed = group_variants(runs), _failures(excluded)
     bp_ms = backprop_ms(runs)
-    stats = {(v, lr): variant_stats(seeds, bp_ms) for v, by_lr in grouped.items()
+    shared = shared_f_ms(runs)
+    f_ms = None if shared is None else shared.mean
+    stats = {(v, lr): variant_stats(seeds, bp_ms, f_ms) for v, by_lr in grouped.items()
              for lr, seeds in by_lr.items()}
     first: dict[SweepKey, MnistRun | Excluded] = {
         (v, lr): next(iter(seeds.values())) for v, by_lr in grouped.items()

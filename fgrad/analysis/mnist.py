@@ -21,8 +21,10 @@ from fgrad.analysis.metrics import (
     SMOOTH_WINDOW,
     Stat,
     group_runs,
+    f_line,
     lr_stats,
     seed_metrics,
+    shared_f_ms,
 )
 from fgrad.analysis.plotting import _new_figure, band, mark_times, mnist_curves, style_axes
 from fgrad.analysis.runs import MnistRun, load_mnist_runs
@@ -45,7 +47,7 @@ PAPER: dict[str, dict[float | None, dict[str, float]]] = {
 
 def _mnist_rows(window: int) -> list[tuple[str, str]]:
     """(metric key, row label) of an MNIST learning-rate table."""
-    rows = [("f_ms", "T(f): loss on one batch, ms"),
+    rows = [("f_ms", "T(f): loss on one batch, ms (one for the section: median ± std over runs)"),
             ("ms_forward", "forward-gradient step, ms"),
             ("ms_backprop", "backprop step, ms"),
             ("R_f", "R_f = T(fwd-grad step) / T(f)"),
@@ -183,9 +185,10 @@ def mnist_section(exp_dir: Path, window: int = SMOOTH_WINDOW) -> list[str]:
     if not runs and not excluded:
         return []
     experiment = exp_dir.name
-    lines, summary = [], []
+    lines, summary = ["", f_line(runs)] if runs else [], []
+    shared = shared_f_ms(runs)
     for lr, seeds in group_runs(runs).items():
-        stats = lr_stats(seeds, window)
+        stats = lr_stats(seeds, window, shared)
         paper = paper_values(experiment, lr)
         steps = _steps_of(seeds)
         lr_runs = [r for by_variant in seeds.values() for r in by_variant.values()]

@@ -21,10 +21,13 @@ from fgrad.analysis.metrics import SMOOTH_WINDOW
 from fgrad.analysis.runs import run_summaries
 
 DEFINITIONS = (
-    "Definitions. T(f): median wall time of one jitted call of the loss on one batch. A step's "
-    "time: training wall time / steps (several steps per compiled call where configured; "
-    "compilation and evaluation excluded). R_f = T(forward-gradient step) / T(f) and "
-    "R_b = T(backprop step) / T(f), each from one run. Training losses are smoothed by a "
+    "Definitions. T(f): median wall time of one evaluation of the loss on one batch, timed as "
+    "the steps run (the run's steps per compiled call evaluated in one call) after each run; a "
+    "section uses one T(f) per (model, batch), the median over its runs (spread stated). A "
+    "step's time: training wall time / steps (several steps per compiled call where "
+    "configured; compilation and evaluation excluded). R_f = T(forward-gradient step) / T(f) "
+    "and R_b = T(backprop step) / T(f) with that one T(f), so R_f / R_b is the ratio of the "
+    "step times printed beside it. Training losses are smoothed by a "
     "trailing running mean of {window} steps; T_b is when backprop's smoothed loss reaches its "
     "minimum, T_f when forward gradient's smoothed loss first falls to that value (same seed). "
     "Values are mean ± std over seeds (ddof = 0); runs that diverged or did not finish are "
