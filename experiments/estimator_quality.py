@@ -7,7 +7,9 @@ Run:
   python experiments/estimator_quality.py --preset paper
 
 Theory (fgrad/lab/run/estimator_quality.py): Var[g_i] = (‖∇‖² ± ∇_i²)/K (+ normal, − Rademacher);
-E[cos²] = K/n for projection (normal), ≈ K/(n+K−1) for the mean.
+normal tangents: cos² ~ Beta(K/2, (n−1)/2) for the mean (E = K/(n+K−1)) and Beta(K/2, (n−K)/2) for
+the projection (E = K/n), each tested with Kolmogorov–Smirnov; M per setting for a 5 % relative
+standard error of E[cos²] (cpu preset: about 10 min on a 2-core CPU, most of it the CNN).
 """
 
 import sys
@@ -17,13 +19,14 @@ from fgrad.lab.config import defaults, finalize
 # (tangent distribution, combination) pairs.
 ALL = [["normal", "mean"], ["rademacher", "mean"], ["normal", "projection"],
        ["rademacher", "projection"]]
+# "auto": M estimates per setting for a 5 % relative standard error of E[cos²] (960 at K = 1).
 PRESETS = {
-    "cpu": {"logreg": {"estimators": ALL[:3], "num_tangents": [1, 4, 16], "samples": 256},
-            "mlp": {"estimators": ALL[:3], "num_tangents": [1, 4, 16], "samples": 32},
-            "cnn": {"estimators": ALL[:1], "num_tangents": [1, 4], "samples": 8}},
-    "paper": {"logreg": {"estimators": ALL, "num_tangents": [1, 2, 4, 16, 64], "samples": 1024},
-              "mlp": {"estimators": ALL, "num_tangents": [1, 2, 4, 16, 64], "samples": 256},
-              "cnn": {"estimators": ALL, "num_tangents": [1, 2, 4, 16], "samples": 64}},
+    "cpu": {"logreg": {"estimators": ALL[:3], "num_tangents": [1, 4, 16], "samples": "auto"},
+            "mlp": {"estimators": ALL[:3], "num_tangents": [1, 4, 16], "samples": "auto"},
+            "cnn": {"estimators": ALL[:1], "num_tangents": [1, 4], "samples": "auto"}},
+    "paper": {"logreg": {"estimators": ALL, "num_tangents": [1, 2, 4, 16, 64], "samples": "auto"},
+              "mlp": {"estimators": ALL, "num_tangents": [1, 2, 4, 16, 64], "samples": "auto"},
+              "cnn": {"estimators": ALL, "num_tangents": [1, 2, 4, 16], "samples": "auto"}},
 }
 
 

@@ -209,15 +209,20 @@ def _section(out: Path, name: str) -> str:
 
 
 def _quality_rows(rng: np.random.Generator) -> list[dict]:
-    n, rows = 1000, []
+    """Rows as the experiment writes them, cos² drawn from its exact Beta law."""
+    from fgrad.lab.run.estimator_quality import cos2_law, law_test
+    n, m, rows = 1000, 400, []
     for point in ("init", "trained"):
         for dist, combine in (("normal", "mean"), ("normal", "projection")):
             for k in (1, 4):
-                cos = np.abs(rng.normal(np.sqrt(k / n), 0.01, 16))
+                law = cos2_law(n, k, dist, combine)
+                cos2 = rng.beta(*law, m)
+                cos = np.sqrt(cos2)
                 rows.append({"point": point, "distribution": dist, "combine": combine,
-                             "num_tangents": k, "n": n, "samples": 16, "cosine": cos,
-                             "cos_mean": cos.mean(), "cos2_mean": np.mean(cos**2),
-                             "cos2_theory": k / n, "var_mean": rng.uniform(0.5, 2.0) / k,
+                             "num_tangents": k, "n": n, "samples": m, "cosine": cos,
+                             "cos_mean": cos.mean(), "cos2_mean": np.mean(cos2),
+                             "cos2_theory": law[0] / sum(law), "cos2_law": law,
+                             **law_test(cos2, law), "var_mean": rng.uniform(0.5, 2.0) / k,
                              "var_theory": None if combine == "projection" else 1.1 / k,
                              "grad_norm": 1.0})
     return rows
@@ -235,12 +240,17 @@ def test_estimator_quality_table_shows_measured_over_theory(tmp_path: Path):
     assert "K / n" in text and "(‖∇‖² + ∇_i²) / K" in text
     for r in rows:
         head = (f"| {r['point']} | {r['distribution']} | {r['combine']} | {r['num_tangents']} "
-                f"| {r['n']} | ")
+                f"| {r['samples']} | ")
         line = next(line for line in text.splitlines() if line.startswith(head))
         cells = line.strip("| ").split(" | ")
-        assert cells[7] == f"{r['cos2_mean'] / r['cos2_theory']:.3g}", line
+        assert cells[8] == f"{r['cos2_mean'] / r['cos2_theory']:.3g}", line
+        assert cells[9].startswith(f"Beta({r['num_tangents'] / 2:g}, ") and \
+            f"p = {r['ks_p']:.2g}" in cells[9], line
         var_ratio = "n/a" if r["var_theory"] is None else f"{r['var_mean'] / r['var_theory']:.3g}"
-        assert cells[10] == var_ratio, line
+        assert cells[12] == var_ratio, line
+    # Beta samples: the RSE is √(2/(K·M)) ≈ 7 % (K = 1) and 3.5 % (K = 4) with M = 400
+    assert "is ≤ 5 % in 4 of 8 settings" in text
+    assert "normal-tangent settings" in text
     assert [p.name for p in make_figures(out, SECTIONS)] == ["estimator_quality.png",
                                                    "estimator_quality.pdf"]
 

@@ -137,3 +137,28 @@ def test_bad_options_raise(kwargs, match):
 def test_non_scalar_function_raises():
     with pytest.raises(TypeError, match="scalar"):
         fgrad.forward_gradient(lambda x: x**2, _x, jax.random.key(0))
+
+
+@pytest.mark.parametrize("combine", ["mean", "projection"])
+def test_cos2_follows_its_beta_law(combine):
+    """cos²(g, ∇) of normal-tangent estimates is Beta(K/2, (n−1)/2) (mean) or Beta(K/2, (n−K)/2)
+    (projection): not rejected by Kolmogorov–Smirnov, while the other combine's law is."""
+    import scipy.stats
+
+    from fgrad.lab.run.estimator_quality import cos2_law
+
+    n, k, m = 40, 16, 2000
+    grad = jnp.linspace(-1.0, 2.0, n)
+    fun = lambda p: jnp.vdot(grad, p["w"])  # ∇f = grad everywhere
+    params = {"w": jnp.zeros(n)}
+
+    @jax.jit
+    def cos2(key):
+        g = fgrad.forward_gradient(fun, params, key, num_tangents=k, combine=combine).grad["w"]
+        return jnp.vdot(g, grad) ** 2 / (jnp.vdot(g, g) * jnp.vdot(grad, grad))
+
+    samples = np.asarray(jax.vmap(cos2)(jax.random.split(jax.random.key(3), m)), np.float64)
+    own = cos2_law(n, k, "normal", combine)
+    other = cos2_law(n, k, "normal", "projection" if combine == "mean" else "mean")
+    assert scipy.stats.kstest(samples, scipy.stats.beta(*own).cdf).pvalue > 1e-3
+    assert scipy.stats.kstest(samples, scipy.stats.beta(*other).cdf).pvalue < 1e-6

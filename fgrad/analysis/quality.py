@@ -25,10 +25,13 @@ QUALITY_FORMULAS = (
     "unit-variance entries): "
     "for the mean of K estimates, Var[g_i] = (‖∇‖² + ∇_i²) / K with normal v and "
     "(‖∇‖² − ∇_i²) / K with Rademacher v, so the mean over the n entries is "
-    "(‖∇‖² ± ‖∇‖²/n) / K; E[cos²(g, ∇)] ≈ K / (n + K − 1) (n ≫ K; exactly 1/n for K = 1, "
-    "normal). For the projection of ∇ onto span(v_1..v_K) with normal v, E[cos²] = K / n "
-    "exactly (the span is uniformly random); no theory is given for its variance or for "
-    "Rademacher projections (n/a). E[cos²] is measured over M estimates, ± its standard error.")
+    "(‖∇‖² ± ‖∇‖²/n) / K. With normal v the whole law of cos²(g, ∇) is known: "
+    "Beta(K/2, (n−1)/2) for the mean (E[cos²] = K / (n + K − 1)) and Beta(K/2, (n−K)/2) for "
+    "the projection of ∇ onto span(v_1..v_K) (E[cos²] = K / n); each setting's M values are "
+    "tested against it (Kolmogorov–Smirnov statistic D and p-value). With Rademacher v, "
+    "E[cos²] ≈ K / (n + K − 1) (n ≫ K) and no law is tested; no theory is given for the "
+    "projection's variance or for Rademacher projections (n/a). E[cos²] is measured over M "
+    "estimates, ± its standard error; RSE is that error relative to the measurement.")
 
 # ----------------------------------------------------------------------------- section
 
@@ -39,19 +42,35 @@ def _cos2_error(row: dict[str, Any]) -> float:
     return float(np.std(cos2, ddof=1) / math.sqrt(cos2.size)) if cos2.size > 1 else math.nan
 
 
+def _rse(row: dict[str, Any]) -> float:
+    """Relative standard error of the measured E[cos²]."""
+    return _cos2_error(row) / row["cos2_mean"]
+
+
+def _law_cell(row: dict[str, Any]) -> str:
+    """``Beta(a, b): D = …, p = …`` of the row's Kolmogorov–Smirnov test, or n/a."""
+    if row.get("ks_D") is None:
+        return NA
+    a, b = row["cos2_law"]
+    return f"Beta({a:g}, {b:.6g}): D = {row['ks_D']:.3f}, p = {row['ks_p']:.2g}"
+
+
 def _quality_row(row: dict[str, Any]) -> list[str]:
     r_cos, r_var = quality_ratios(row)
     numbers = (_number(row["cos2_theory"]), r_cos, _number(row["var_mean"]),
                _number(row["var_theory"]), r_var)
     return [str(row["point"]), str(row["distribution"]), str(row["combine"]),
-            str(row["num_tangents"]), str(row["n"]),
-            f"{row['cos2_mean']:.3g} ± {_cos2_error(row):.2g}",
-            *(fmt(v, missing=NA) for v in numbers)]
+            str(row["num_tangents"]), str(row["samples"]),
+            f"{row['cos2_mean']:.3g} ± {_cos2_error(row):.2g}", f"{100 * _rse(row):.1f} %",
+            *(fmt(v, missing=NA) for v in numbers[:2]), _law_cell(row),
+            *(fmt(v, missing=NA) for v in numbers[2:])]
 
 
-QUALITY_HEADER = ("point", "distribution", "combine", "K", "n", "E[cos²], measured ± s.e.",
-                  "E[cos²], theory", "measured / theory", "mean Var[g_i], measured",
-                  "mean Var[g_i], theory", "measured / theory")
+QUALITY_HEADER = ("point", "distribution", "combine", "K", "M", "E[cos²], measured ± s.e.",
+                  "RSE", "E[cos²], theory", "measured / theory", "law of cos² (KS test)",
+                  "mean Var[g_i], measured", "mean Var[g_i], theory", "measured / theory")
+LAW_ALPHA = 0.01  # the level at which a Kolmogorov–Smirnov test counts as a rejection
+TARGET_RSE = 0.05
 
 
 def _range_text(values: Sequence[float]) -> str:
@@ -71,6 +90,16 @@ def _quality_sentence(rows: Sequence[dict[str, Any]]) -> str:
         parts.append(f"E[cos²] measured / theory is {_range_text([c for c, _ in cos])}; the "
                      f"theory lies within 2 standard errors of the measurement in {near} of "
                      f"{len(cos)} settings")
+    rse = [_rse(r) for r in rows]
+    parts.append(f"the relative standard error of E[cos²] is ≤ {100 * TARGET_RSE:g} % in "
+                 f"{sum(x <= TARGET_RSE for x in rse)} of {len(rse)} settings (largest "
+                 f"{100 * max(rse):.1f} %)")
+    tested = [r for r in rows if r.get("ks_p") is not None]
+    if tested:
+        kept = sum(r["ks_p"] >= LAW_ALPHA for r in tested)
+        parts.append(f"the Beta law of cos² is not rejected at the {LAW_ALPHA:g} level in "
+                     f"{kept} of {len(tested)} normal-tangent settings (D ≤ "
+                     f"{max(r['ks_D'] for r in tested):.3f})")
     if var:
         parts.append(f"mean Var[g_i] measured / theory is {_range_text(var)}")
     return "**Summary.** " + "; ".join(parts) + "."
@@ -80,7 +109,7 @@ def _quality_setup(summary: dict[str, Any]) -> str:
     rows, cfg = summary["rows"], summary.get("config") or {}
     samples = "/".join(str(m) for m in sorted({int(r["samples"]) for r in rows}))
     n = "/".join(str(v) for v in sorted({int(r["n"]) for r in rows}))
-    return (f"n = {n} parameters; M = {samples} estimates per setting on one minibatch of "
+    return (f"n = {n} parameters; M = {samples} estimates per setting (column M) on one minibatch of "
             f"{cfg.get('batch_size', '?')}; *init*: at initialisation, *trained*: after "
             f"{cfg.get('train_steps', '?')} backprop SGD steps (η = {cfg.get('train_lr', '?')}).")
 

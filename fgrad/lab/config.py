@@ -70,7 +70,8 @@ def _test_functions() -> dict[str, Any]:
 
 
 def _estimator_quality() -> dict[str, Any]:
-    return {"models": {}, "batch_size": 64, "seed": 0, "train_steps": 20, "train_lr": 0.05}
+    return {"models": {}, "batch_size": 64, "seed": 0, "train_steps": 20, "train_lr": 0.05,
+            "target_rse": 0.05}
 
 
 def _timing() -> dict[str, Any]:
