@@ -148,7 +148,7 @@ def draw(data: tuple[list[MnistRun], list], name: str) -> Figure | None:
     style_axes(axes[0, 1], "iteration", "test accuracy", "test accuracy")
     style_axes(axes[0, 2], "iteration", "‖θ‖ (all parameters)", "weight norm")
     fig.suptitle(f"{name}: what makes forward gradients fast per iteration (mean over seeds, "
-                 "min–max shaded)", fontsize=11)
+                 "thin: each seed)", fontsize=11)
     return fig
 
 

@@ -131,8 +131,8 @@ def plot_k_sweep(data: tuple[list[MnistRun], list[Excluded]], name: str) -> Figu
     fig, axes = _new_figure(1, 3)
     loss_panels(axes[0, 0], axes[0, 1], curves, colors)
     _cosine_panel(axes[0, 2], curves, colors)
-    fig.suptitle(f"{name}: K tangents per step, mean or projection (mean over seeds, min–max "
-                 "shaded)", fontsize=11)
+    fig.suptitle(f"{name}: K tangents per step, mean or projection (bold: mean over seeds, thin: "
+                 "each seed)", fontsize=11)
     return fig
 
 

@@ -155,16 +155,18 @@ def lr_sweep_section(exp_dir: Path) -> list[str]:
 
 def _final_loss_panel(ax: Axes, runs: Sequence[MnistRun], excluded: Sequence[Excluded],
                       colors: dict[Hashable, str], best: dict[str, float]) -> None:
-    """Final training loss vs η₀ per variant (min–max bars over seeds); diverged or unfinished
+    """Final training loss vs η₀ per variant (mean; ticks: each seed's); diverged or unfinished
     runs as crosses at the top; each variant's best η₀ circled."""
     for variant, by_lr in group_variants(runs).items():
         loss = {lr: np.array([r.summary["final_train_loss"] for r in seeds.values()], float)
                 for lr, seeds in by_lr.items()}
         mean = {lr: v.mean() for lr, v in loss.items()}
-        err = [[mean[lr] - v.min() for lr, v in loss.items()],
-               [v.max() - mean[lr] for lr, v in loss.items()]]
-        ax.errorbar(list(loss), list(mean.values()), yerr=err, color=colors[variant],
-                    marker="o", ms=3, lw=1.2, capsize=2, label=variant)
+        seeds = max(len(v) for v in loss.values())
+        ax.plot(list(loss), list(mean.values()), color=colors[variant], marker="o", ms=3,
+                lw=1.2, label=variant if seeds == 1 else f"{variant} (mean of ≤ {seeds} seeds)")
+        if seeds > 1:  # each seed's own value
+            for lr, v in loss.items():
+                ax.plot([lr] * len(v), v, "_", color=colors[variant], ms=6, alpha=0.7)
         if variant in best:
             ax.plot(best[variant], mean[best[variant]], "o", ms=9, mfc="none",
                     mec=colors[variant])
@@ -199,8 +201,8 @@ def plot_lr_sweep(data: tuple[list[MnistRun], list[Excluded]], name: str) -> Fig
     _final_loss_panel(axes[0, 0], runs, excluded, colors, best)
     loss_panels(axes[0, 1], axes[0, 2], curves, {k: colors[k[0]] for k in curves},
                 " (best η₀)")
-    fig.suptitle(f"{name}: learning-rate sweep per method and optimizer (mean over seeds, "
-                 "min–max shown)", fontsize=11)
+    fig.suptitle(f"{name}: learning-rate sweep per method and optimizer (mean over seeds; "
+                 "thin lines / ticks: each seed)", fontsize=11)
     return fig
 
 

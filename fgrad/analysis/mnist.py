@@ -26,7 +26,14 @@ from fgrad.analysis.metrics import (
     seed_metrics,
     shared_f_ms,
 )
-from fgrad.analysis.plotting import _new_figure, band, mark_times, mnist_curves, style_axes
+from fgrad.analysis.plotting import (
+    _new_figure,
+    band,
+    mark_times,
+    mnist_curves,
+    share_y,
+    style_axes,
+)
 from fgrad.analysis.runs import MnistRun, load_mnist_runs
 from fgrad.analysis.tables import excluded_lines, format_stat, markdown_table, setup_line
 
@@ -225,11 +232,12 @@ def _mnist_row(axes: Sequence[Axes], lr: float, seeds: dict[int, dict[str, Mnist
         band(axes[2], c["step"], c["time"], method, label)
         band(axes[3], c["eval_time"].mean(axis=0), c["acc"], method, label)
     stats = lr_stats(seeds)  # T_f, T_b: the report's numbers (mean over seeds; inf: never)
-    mark_times(axes[1], {m: (s.mean if (s := stats.get(f"T_{m[0]}")) else None)
+    marks = mark_times(axes[1], {m: (s.mean if (s := stats.get(f"T_{m[0]}")) else None)
                          for m in METHODS})
     tag = f"η₀ = {lr:g}"
     style_axes(axes[0], "iteration", smooth, f"loss vs iterations ({tag})", logy=True)
-    style_axes(axes[1], "wall time (s)", smooth, f"loss vs time ({tag})", logy=True)
+    title = f"loss vs time ({tag})" + (f"\n{marks} (dotted)" if marks else "")
+    style_axes(axes[1], "wall time (s)", smooth, title, logy=True)
     style_axes(axes[2], "iteration", "wall time (s)", f"time vs iterations ({tag})")
     style_axes(axes[3], "wall time (s)", "test accuracy", f"test accuracy vs time ({tag})")
 
@@ -249,7 +257,8 @@ def plot_mnist(groups: dict[float, dict[int, dict[str, MnistRun]]], name: str
     fig, axes = _new_figure(len(groups), 4)
     for row, (lr, seeds) in zip(axes, groups.items()):
         _mnist_row(row, lr, seeds)
-    fig.suptitle(f"{name}: forward gradient vs backprop (mean over seeds, min–max shaded; "
+    share_y(axes, columns=(0, 1, 3))
+    fig.suptitle(f"{name}: forward gradient vs backprop (bold: mean over seeds, thin: each seed; "
                  "dotted: first time each reaches backprop's best smoothed loss)", fontsize=11)
     return fig
 

@@ -1,12 +1,12 @@
 """Panel helpers of every figure (Agg backend; figures are made only from results files).
 
-One helper per panel kind: :func:`band` (mean line, min–max band), :func:`contour`,
+One helper per panel kind: :func:`band` (mean line bold, each seed thin), :func:`contour`,
 :func:`mark_times`, :func:`style_axes`; :func:`_new_figure` lays out a grid of panels and
 :func:`save` writes it as PNG and PDF.
 
 Conventions, the same in every figure: forward gradient in :data:`COLORS` ``["forward"]``,
-backprop in ``["backprop"]``; a line is the mean over seeds and the shaded band the min–max
-range over seeds; a "vs time" curve is drawn against the mean over seeds of the wall time at
+backprop in ``["backprop"]``; a bold line is the mean over seeds, thin lines of the same colour
+each seed's own curve (the legend gives the seed count); a "vs time" curve is drawn against the mean over seeds of the wall time at
 each iteration. MNIST training losses are smoothed by a trailing running mean of
 :data:`fgrad.analysis.metrics.SMOOTH_WINDOW` steps before plotting (sweeps of short runs: at
 most a tenth of the run, :func:`sweep_window`). Sweeps of variants give each curve its own
@@ -42,10 +42,14 @@ CONTOUR_BOX = {"beale": ((-0.5, 4.0), (-1.0, 1.5)), "rosenbrock": ((-1.5, 1.5), 
 
 
 def _thin(n: int, max_points: int = MAX_POINTS) -> np.ndarray:
-    """Indices of at most ``max_points`` evenly spread entries of ``n``, first and last kept."""
+    """Indices of at most ``max_points`` entries of ``n``, first and last kept: half evenly
+    spread, half log-spaced, so the fast early iterations are drawn densely too (evenly thinned
+    paths drew long chords where the iterate moves most per step)."""
     if n <= max_points:
         return np.arange(n)
-    return np.unique(np.linspace(0, n - 1, max_points).round().astype(np.int64))
+    even = np.linspace(0, n - 1, max_points // 2)
+    early = np.geomspace(1, n - 1, max_points - max_points // 2)
+    return np.unique(np.concatenate([[0], even, early]).round().astype(np.int64))
 
 
 def _stack(series: Sequence[np.ndarray]) -> np.ndarray:
@@ -56,7 +60,8 @@ def _stack(series: Sequence[np.ndarray]) -> np.ndarray:
 
 def band(ax: Axes, x: np.ndarray, ys: np.ndarray, method: str, label: str,
          color: str | None = None, marker: str | None = None) -> None:
-    """The one curve kind of every line panel: mean over seeds, min–max over seeds shaded.
+    """The one curve kind of every line panel: the mean over seeds (bold) and, with several
+    seeds, each seed's own curve (thin, same colour); the legend gives the seed count.
 
     Args:
       ax: the panel.
@@ -70,9 +75,12 @@ def band(ax: Axes, x: np.ndarray, ys: np.ndarray, method: str, label: str,
     idx = _thin(len(x))
     x, ys = np.asarray(x)[idx], np.asarray(ys)[:, idx]
     color = color or COLORS[method]
+    seeds = ys.shape[0]
+    if seeds > 1:
+        label = f"{label} (mean of {seeds} seeds)"
+        for y in ys:
+            ax.plot(x, y, color=color, lw=0.5, alpha=0.45)
     ax.plot(x, ys.mean(axis=0), color=color, lw=1.3, label=label, marker=marker, ms=3)
-    if ys.shape[0] > 1:
-        ax.fill_between(x, ys.min(axis=0), ys.max(axis=0), color=color, alpha=0.2, lw=0)
 
 
 def style_axes(ax: Axes, xlabel: str, ylabel: str, title: str = "", logy: bool = False) -> None:
@@ -89,8 +97,12 @@ def style_axes(ax: Axes, xlabel: str, ylabel: str, title: str = "", logy: bool =
 
 
 def _log_y(ax: Axes) -> None:
-    """Log y; within less than a decade, evenly spaced ticks read as plain numbers (2.25, not
-    2.25×10⁰)."""
+    """Log y, unless the data vary by less than a factor 2 (a log scale there only looks like
+    a linear one with odd ticks); within less than a decade, evenly spaced ticks read as plain
+    numbers (2.25, not 2.25×10⁰)."""
+    lo, hi = ax.dataLim.intervaly
+    if lo > 0 and hi / lo < 2:
+        return
     ax.set_yscale("log")
     lo, hi = ax.get_ylim()
     if lo > 0 and hi / lo < 10:
@@ -99,16 +111,37 @@ def _log_y(ax: Axes) -> None:
         ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def mark_times(ax: Axes, times: dict[str, float | None]) -> None:
-    """Vertical dotted lines where each method first reaches a target (inf: a legend note)."""
+def share_y(axes: np.ndarray, columns: Sequence[int]) -> None:
+    """One y range per column of a grid of panels (rows: learning rates), so a row whose
+    model barely moved is drawn on the same scale as one that learned, not zoomed into its
+    noise; a column goes back to linear when the shared range is under a factor 2."""
+    if axes.shape[0] < 2:
+        return
+    for c in columns:
+        col = axes[:, c]
+        lo = min(ax.dataLim.intervaly[0] for ax in col)
+        hi = max(ax.dataLim.intervaly[1] for ax in col)
+        for ax in col:
+            if ax.get_yscale() == "log" and not (lo > 0 and hi / lo >= 2):
+                ax.set_yscale("linear")
+            pad = 0.04 * (hi - lo) if ax.get_yscale() == "linear" else 0.0
+            ax.set_ylim(lo - pad, hi + pad) if pad else ax.set_ylim(lo / 1.05, hi * 1.05)
+
+
+def mark_times(ax: Axes, times: dict[str, float | None]) -> str:
+    """Vertical dotted lines where each method first reaches a target; returns their values
+    as text for the panel's title ("T_f = … s, T_b = … s", "not reached" for inf), so no
+    legend can hide them."""
+    parts = []
     for method, t in times.items():
         if t is None:
             continue
-        name = METHOD_LABELS[method]
         if np.isfinite(t):
-            ax.axvline(t, color=COLORS[method], ls=":", lw=1.2, label=f"{name}: {t:.3g} s")
+            ax.axvline(t, color=COLORS[method], ls=":", lw=1.2)
+            parts.append(f"T_{method[0]} = {t:.3g} s")
         else:
-            ax.plot([], [], color=COLORS[method], ls=":", label=f"{name}: not reached")
+            parts.append(f"T_{method[0]}: not reached")
+    return ", ".join(parts)
 
 
 def contour(ax: Axes, fn_name: str, trajectories: dict[str, np.ndarray]) -> None:

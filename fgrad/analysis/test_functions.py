@@ -118,12 +118,15 @@ def _panel_row(axes: Sequence[Axes], fn_name: str, runs: dict[str, TrajectoryRun
         f = np.maximum(run.f.astype(np.float64), np.finfo(np.float32).tiny)
         band(axes[0], np.arange(f.shape[1]), f, method, label)
         band(axes[1], _per_iteration_time(run).mean(axis=0), f, method, label)
-        band(axes[2], run.time_steps, run.time, method, label)
+        band(axes[2], run.time_steps, run.time, method, label, marker=".")
     style_axes(axes[0], "iteration", "f(x)", f"{title}: f(x) vs iterations", logy=True)
     style_axes(axes[1], "wall time (s)", "f(x)", f"{title}: f(x) vs time", logy=True)
-    style_axes(axes[2], "iteration", "wall time (s)", f"{title}: time vs iterations")
+    chunk = int(np.diff(next(iter(runs.values())).time_steps[:2])[0])
+    style_axes(axes[2], "iteration", "wall time (s)",
+               f"{title}: time vs iterations (read every {chunk})")
     contour(axes[3], fn_name, {m: r.x for m, r in runs.items()})
     style_axes(axes[3], "x₁", "x₂", f"{title}: trajectories (all seeds)")
+    axes[3].legend(fontsize=6.5, loc="lower right", framealpha=0.8)  # clear of the minimum
 
 
 def load_test_functions(exp_dir: Path) -> dict[str, dict[str, TrajectoryRun]]:
@@ -143,8 +146,8 @@ def plot_test_functions(by_fn: dict[str, dict[str, TrajectoryRun]], name: str
     fig, axes = _new_figure(len(by_fn), 4)
     for row, (fn_name, fn_runs) in zip(axes, by_fn.items()):
         _panel_row(row, fn_name, fn_runs)
-    fig.suptitle("Test functions: forward gradient vs backprop (mean over seeds, min–max "
-                 "shaded)", fontsize=11)
+    fig.suptitle("Test functions: forward gradient vs backprop (bold: mean over seeds, thin: "
+                 "each seed)", fontsize=11)
     return fig
 
 
