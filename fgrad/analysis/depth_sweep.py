@@ -100,7 +100,13 @@ def plot_depth_sweep(result: dict[str, Any] | None, name: str) -> Figure | None:
                         label=f"{METHOD_LABELS[method]}: total")
             row[2].plot(s["depth"], s[f"{key}_rest"], "s--", color=COLORS[method],
                         label=f"{METHOD_LABELS[method]}: beyond parameter-sized")
-        row[1].plot(s["depth"], s["R_f"] / s["R_b"], "o-", color="k", label="R_f / R_b")
+        # R_f / R_b = T(fwd step) / T(bp step); bars: the ratio of the steps' quartiles over
+        # the interleaved rounds (p25/p75 to p75/p25), the spread of what the median ratio is
+        ratio = s["f_ms"] / s["b_ms"]
+        err = np.array([ratio - s["f_ms_p25"] / s["b_ms_p75"],
+                        s["f_ms_p75"] / s["b_ms_p25"] - ratio])
+        row[1].errorbar(s["depth"], ratio, yerr=np.where(np.isfinite(err), err, 0.0), fmt="o-",
+                        color="k", capsize=3, label="R_f / R_b (bars: quartile ratios)")
         row[1].axhline(1.0, color="gray", lw=0.8, ls=":")
         for ax in row:  # log x, ticked at the depths tested
             ax.set_xscale("log")

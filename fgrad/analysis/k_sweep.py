@@ -27,7 +27,9 @@ from fgrad.analysis.plotting import (
     band,
     curve_colors,
     loss_panels,
+    mnist_curves,
     style_axes,
+    sweep_window,
     variant_curves,
 )
 from fgrad.analysis.runs import Excluded, MnistRun, load_mnist_runs, run_setting
@@ -120,6 +122,31 @@ def _cosine_panel(ax: Axes, curves: Curves, colors: dict[Hashable, str]) -> None
                "cosine with the exact gradient", logy=True)
 
 
+def _excess_panel(ax: Axes, curves: Curves, colors: dict[Hashable, str]) -> None:
+    """Each forward variant's smoothed loss minus backprop's (same seeds; backprop at the same
+    η₀, else at its smallest η₀), so runs whose losses overlap at the scale of the loss panel
+    separate."""
+    bp = {lr: runs for (v, lr), runs in curves.items() if runs[0].method == "backprop"}
+    if not bp:
+        return
+    window = sweep_window([r for runs in curves.values() for r in runs])
+    for (variant, lr), runs in curves.items():
+        ref_lr = lr if lr in bp else min(bp)
+        ref = {r.seed: r for r in bp[ref_lr]}
+        pairs = [(r, ref[r.seed]) for r in runs if r.seed in ref and r.method != "backprop"]
+        if not pairs:
+            continue
+        mine = mnist_curves([p[0] for p in pairs], window)
+        base = mnist_curves([p[1] for p in pairs], window)
+        n = min(mine["loss"].shape[1], base["loss"].shape[1])
+        tag = "" if ref_lr == lr else f" (vs backprop at {ref_lr:g})"
+        band(ax, mine["steps"][:n], mine["loss"][:, :n] - base["loss"][:, :n], runs[0].method,
+             f"{variant}, η₀ = {lr:g}{tag}", colors[(variant, lr)])
+    ax.axhline(0.0, color="gray", lw=0.8, ls=":")
+    style_axes(ax, "iteration", "training loss − backprop's (same seed)",
+               "loss above backprop's")
+
+
 def plot_k_sweep(data: tuple[list[MnistRun], list[Excluded]], name: str) -> Figure | None:
     """Multi-tangent sweep: loss vs iterations, loss vs time, cosine vs iterations, one curve
     per (variant, η₀); runs left out are not drawn."""
@@ -128,9 +155,10 @@ def plot_k_sweep(data: tuple[list[MnistRun], list[Excluded]], name: str) -> Figu
         return None
     curves = variant_curves(runs)
     colors = curve_colors([(k, r[0].method) for k, r in curves.items()])
-    fig, axes = _new_figure(1, 3)
+    fig, axes = _new_figure(1, 4)
     loss_panels(axes[0, 0], axes[0, 1], curves, colors)
-    _cosine_panel(axes[0, 2], curves, colors)
+    _excess_panel(axes[0, 2], curves, colors)
+    _cosine_panel(axes[0, 3], curves, colors)
     fig.suptitle(f"{name}: K tangents per step, mean or projection (bold: mean over seeds, thin: "
                  "each seed)", fontsize=11)
     return fig

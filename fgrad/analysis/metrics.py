@@ -355,7 +355,8 @@ def depth_fwd_method(row: dict[str, Any]) -> str:
 
 
 def depth_series(result: dict[str, Any], batch_size: int) -> dict[str, np.ndarray]:
-    """Per depth at one batch size: R_f, R_b and the memory of both steps (MiB)."""
+    """Per depth at one batch size: R_f, R_b, both steps' median and quartile times (ms over
+    the interleaved rounds: ``f_ms``, ``f_ms_p25``, ``f_ms_p75``, ``b_…``) and memory (MiB)."""
     rows = sorted((r for r in result["rows"] if r["batch_size"] == batch_size),
                   key=lambda r: r["depth"])
 
@@ -368,6 +369,9 @@ def depth_series(result: dict[str, Any], batch_size: int) -> dict[str, np.ndarra
     out = {"depth": np.array([r["depth"] for r in rows], float)}
     for label, method in (("f", None), ("b", "backprop")):
         out[f"R_{label}"] = np.array([get(r, method or depth_fwd_method(r), "R") for r in rows])
+        for q in ("ms", "ms_p25", "ms_p75"):
+            out[f"{label}_{q}"] = np.array([get(r, method or depth_fwd_method(r), "time", q)
+                                            for r in rows])
         for part in ("total", "parameter_sized", "rest"):
             out[f"{label}_{part}"] = np.array(
                 [get(r, method or depth_fwd_method(r), "memory", part) for r in rows]) / MIB
