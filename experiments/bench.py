@@ -1,5 +1,8 @@
 """Step benchmark: f, backprop and forward-gradient training steps (time, FLOPs, memory).
 
+Forward steps with i.i.d. tangents (``fwd-normal-k1``) and with rank-r tangents V = ABᵀ/√r for
+every kernel (``fwd-lowrank-normal-k1-r1``, fgrad/_lowrank.py), each with its sampling alone.
+
 Run:
   python experiments/bench.py                 # full: logreg, mlp, cnn at B = 64 and 1024
                                               #   (~6 min on a 2-core CPU) → results/bench
@@ -25,7 +28,8 @@ PRESETS = {
               "scan_target_s": 0.0, "max_scan_steps": 2, "loops": ["python"],
               "loop_batch_sizes": [64],
               "methods": ["f", "backprop", "fwd-normal-k1", "fwd-rademacher-k1",
-                          "sample-normal-k1", "sample-rademacher-k1"]},
+                          "fwd-lowrank-normal-k1-r1", "sample-normal-k1",
+                          "sample-rademacher-k1", "sample-lowrank-normal-k1-r1"]},
 }
 
 

@@ -9,6 +9,9 @@ Public API:
 * :func:`load_mnist` (IDX files or TFDS), Flax models :func:`make_model` (logreg, mlp, cnn),
   :func:`cross_entropy_loss`.
 * :func:`sample_tangents`, :func:`gradient_diagnostics`, :func:`beale`, :func:`rosenbrock`.
+* Low-rank tangents V = ABᵀ/√r for flax ``nn.Dense``/``nn.Conv`` kernels
+  (``forward_gradient(..., tangents="low_rank", rank=r)``): :func:`low_rank_layers`,
+  :func:`sample_low_rank_tangents`, :class:`LowRankTangents`, :func:`tangent_mse`.
 
 Layers above this library, each a subpackage (none is loaded by ``import fgrad``):
 :mod:`fgrad.train` (step, timed loop, data parallelism, checkpoints), :mod:`fgrad.lab`
@@ -18,6 +21,13 @@ files → metrics, REPORT.md, figures).
 
 from fgrad._estimator import ForwardGradient, forward_gradient
 from fgrad._functions import beale, rosenbrock
+from fgrad._lowrank import (
+    TANGENTS,
+    LowRankTangents,
+    low_rank_layers,
+    sample_low_rank_tangents,
+    tangent_mse,
+)
 from fgrad._mnist import Mnist, MnistError, load_mnist, read_idx
 from fgrad._models import (
     CNN,
@@ -43,15 +53,18 @@ __all__ = [
     "CNN",
     "MLP",
     "LogisticRegression",
+    "LowRankTangents",
     "Mnist",
     "MnistError",
     "accuracy",
     "cross_entropy_loss",
     "init_params",
     "load_mnist",
+    "low_rank_layers",
     "make_model",
     "read_idx",
     "SOURCES",
+    "TANGENTS",
     "BackpropState",
     "ForwardGradient",
     "ForwardGradientState",
@@ -63,7 +76,9 @@ __all__ = [
     "make_optimizer",
     "paper_schedule",
     "rosenbrock",
+    "sample_low_rank_tangents",
     "sample_tangents",
+    "tangent_mse",
 ]
 
 __version__ = "0.1.0"

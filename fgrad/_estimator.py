@@ -13,6 +13,10 @@ which needs only the K directional derivatives Vᵀ∇f. The projection never fo
 condition number is that of V squared): it is solved from the R factor of V = QR, in float32
 (float64 when a leaf is float64) whatever the leaves' dtypes, and needs K ≤ n.
 
+Low-rank tangents (``tangents="low_rank"``, :mod:`fgrad._lowrank`): each kernel of a flax
+``nn.Dense``/``nn.Conv`` gets V = ABᵀ/√r instead of i.i.d. entries (still E[vec V vec Vᵀ] = I, so
+still unbiased), and the jvp evaluates x·W + t·((x·A)·Bᵀ)/√r without ever forming V.
+
 Data parallelism (``axis_name``): under ``jax.shard_map`` every device evaluates f on its shard of
 the batch with the same tangents (drawn from a replicated key), so averaging the K directional
 derivatives over devices (``lax.pmean``, K scalars) before combining gives the forward gradient
@@ -28,6 +32,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fgrad._lowrank import check_tangents, combine_low_rank, low_rank_forward_gradient
 from fgrad._tangents import (
     check_distribution,
     check_float_leaves,
@@ -56,10 +61,12 @@ class ForwardGradient(NamedTuple):
 
 
 def check_estimator_options(num_tangents: int, distribution: str, combine: str,
-                            derivative: str, fd_epsilon: float) -> None:
+                            derivative: str, fd_epsilon: float, tangents: str = "iid",
+                            rank: int = 1) -> None:
     """Raises a one-line ValueError for options the estimator does not accept.
 
-    ``num_tangents`` may be any integer type (``int``, ``np.int64``, ...) but not bool.
+    ``num_tangents`` and ``rank`` may be any integer type (``int``, ``np.int64``, ...) but not
+    bool; low-rank tangents need ``derivative="jvp"``.
     """
     check_num_tangents(num_tangents)
     check_distribution(distribution)
@@ -67,6 +74,10 @@ def check_estimator_options(num_tangents: int, distribution: str, combine: str,
         raise ValueError(f"unknown combine {combine!r}: use one of {', '.join(COMBINES)}")
     if derivative not in _DERIVATIVE:
         raise ValueError(f"unknown derivative {derivative!r}: use one of {', '.join(DERIVATIVES)}")
+    check_tangents(tangents, rank)
+    if tangents == "low_rank" and derivative != "jvp":
+        raise ValueError(f"tangents='low_rank' needs derivative='jvp', got {derivative!r}: the "
+                         "factorised product is a forward-mode rule; use tangents='iid'")
     if derivative != "jvp" and not fd_epsilon > 0:
         raise ValueError(f"fd_epsilon must be > 0 for finite differences, got {fd_epsilon!r}")
 
@@ -233,6 +244,8 @@ def forward_gradient(
     fd_epsilon: float = 1e-3,
     return_exact: bool = False,
     axis_name: str | None = None,
+    tangents: str = "iid",
+    rank: int = 1,
 ) -> ForwardGradient:
     """Forward-gradient estimate of ∇f(θ) from K random tangents.
 
@@ -276,6 +289,11 @@ def forward_gradient(
         averaged over its devices (``lax.pmean`` of K + 1 scalars) before combining, so g is the
         forward gradient of the mean loss over the devices' shards. ``key`` must be the same on
         every device. None: no communication.
+      tangents: ``"iid"`` (every entry independent) or ``"low_rank"``: the kernel of every flax
+        ``nn.Dense``/``nn.Conv`` that ``fun`` applies (found with ``nn.intercept_methods``) gets
+        V = ABᵀ/√r with (m × r), (n × r) factors of ``distribution``; other leaves stay i.i.d.
+        The jvp never forms V (see :mod:`fgrad._lowrank`); needs ``derivative="jvp"``.
+      rank: r ≥ 1 of the low-rank tangents (ignored for ``"iid"``).
 
     Returns:
       A :class:`ForwardGradient` with ``value``, ``directional_derivatives`` (shape (K,)),
@@ -286,8 +304,11 @@ def forward_gradient(
       >>> out = forward_gradient(f, {"w": jnp.ones(3)}, jax.random.key(0))
       >>> out.grad["w"].shape, out.directional_derivatives.shape
       ((3,), (1,))
+      >>> loss = lambda p: cross_entropy_loss(model)(p, images, labels)  # a flax model
+      >>> out = forward_gradient(loss, params, key, tangents="low_rank", rank=1)
     """
-    check_estimator_options(num_tangents, distribution, combine, derivative, fd_epsilon)
+    check_estimator_options(num_tangents, distribution, combine, derivative, fd_epsilon,
+                            tangents, rank)
     num_tangents = int(num_tangents)
     check_float_leaves(params)
     fun = _scalar(fun)
@@ -301,6 +322,11 @@ def forward_gradient(
         value = device_mean(fun(params), axis_name)
         return ForwardGradient(value, jnp.zeros((num_tangents,), value.dtype),
                                jax.tree.map(jnp.zeros_like, params), exact)
-    tangents = sample_tangents(key, params, num_tangents, distribution)
-    value, d = device_mean(_DERIVATIVE[derivative](fun, params, tangents, fd_epsilon), axis_name)
-    return ForwardGradient(value, d, _COMBINE[combine](tangents, d), exact)
+    if tangents == "low_rank":  # the K scalars d_k are all that devices average, as for iid
+        factors, value, d = low_rank_forward_gradient(fun, params, key, num_tangents,
+                                                      distribution, int(rank))
+        value, d = device_mean((value, d), axis_name)
+        return ForwardGradient(value, d, combine_low_rank(factors, d, combine), exact)
+    v = sample_tangents(key, params, num_tangents, distribution)
+    value, d = device_mean(_DERIVATIVE[derivative](fun, params, v, fd_epsilon), axis_name)
+    return ForwardGradient(value, d, _COMBINE[combine](v, d), exact)

@@ -111,6 +111,8 @@ def forward_gradient_source(
     fd_epsilon: float = 1e-3,
     diagnostics: bool = False,
     axis_name: str | None = None,
+    tangents: str = "iid",
+    rank: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
     """Replaces the updates by a forward gradient of ``value_fn`` at ``params``.
 
@@ -133,6 +135,9 @@ def forward_gradient_source(
         The K directional derivatives and f(θ) are averaged over it (``lax.pmean``, K + 1
         scalars per step) before g is formed; the state (hence the key and the tangents) must
         be replicated. None: single device.
+      tangents: ``"iid"`` or ``"low_rank"`` (V = ABᵀ/√r for the kernel of every flax
+        ``nn.Dense``/``nn.Conv`` that ``value_fn`` applies; the jvp never forms V).
+      rank: r ≥ 1 of low-rank tangents.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes ``value_fn``.
@@ -142,8 +147,13 @@ def forward_gradient_source(
       >>> params = jnp.zeros(2)
       >>> state = tx.init(params)
       >>> updates, state = tx.update(params, state, params, value_fn=rosenbrock)
+      >>> # low-rank tangents for a flax model's kernels:
+      >>> tx = optax.chain(forward_gradient_source(0, tangents="low_rank", rank=1),
+      ...                  optax.sgd(2e-4))
+      >>> value_fn = lambda p: cross_entropy_loss(model)(p, images, labels)
     """
-    check_estimator_options(num_tangents, distribution, combine, derivative, fd_epsilon)
+    check_estimator_options(num_tangents, distribution, combine, derivative, fd_epsilon,
+                            tangents, rank)
     num_tangents = int(num_tangents)
     _check_seed(seed)
 
@@ -163,7 +173,8 @@ def forward_gradient_source(
         out = forward_gradient(value_fn, params, subkey, num_tangents=num_tangents,
                                distribution=distribution, combine=combine,
                                derivative=derivative, fd_epsilon=fd_epsilon,
-                               return_exact=diagnostics, axis_name=axis_name)
+                               return_exact=diagnostics, axis_name=axis_name,
+                               tangents=tangents, rank=rank)
         diag = gradient_diagnostics(out.grad, out.exact_grad) if diagnostics else {}
         new_state = ForwardGradientState(key, out.value.astype(jnp.float32),
                                          out.directional_derivatives.astype(jnp.float32), diag)

@@ -32,7 +32,8 @@ def test_quick_bench_writes_json_and_markdown(tmp_path):
     (case,) = result["cases"]
     assert (case["model"], case["batch_size"]) == ("logreg", 64)
     assert set(case["methods"]) == {"f", "backprop", "fwd-normal-k1", "fwd-rademacher-k1",
-                                    "sample-normal-k1", "sample-rademacher-k1"}
+                                    "fwd-lowrank-normal-k1-r1", "sample-normal-k1",
+                                    "sample-rademacher-k1", "sample-lowrank-normal-k1-r1"}
     for name, row in case["methods"].items():
         assert row["ms"] > 0 and set(row["time"]) == {"python", "scan"}, name
         assert row["flops"] > 0 and row["gflops_per_s"] > 0, name
@@ -41,10 +42,14 @@ def test_quick_bench_writes_json_and_markdown(tmp_path):
     fwd = case["ratios"]["fwd-normal-k1"]
     assert {"R_f", "fwd_over_bp", "sampling_share"} <= set(fwd)
     assert 0 < fwd["sampling_share"] < 5
+    low = case["ratios"]["fwd-lowrank-normal-k1-r1"]
+    assert {"R_f", "fwd_over_bp", "sampling_share", "flops_over_bp"} <= set(low)
+    assert low["flops_over_bp"] < fwd["flops_over_bp"]  # no m × n tangent product
     assert case["loop_check"]["backprop"]["training_over_fastest"] >= 1
     assert case["process_peak_rss"] > 0
     md = json_path.with_suffix(".md").read_text()
     assert "| logreg | 64 |" in md and "fwd-normal-k1" in md and "jax " in md
+    assert "fwd-lowrank-normal-k1-r1" in md and "FLOP vs bp" in md
     assert "Python loop vs lax.scan" in md
 
 
@@ -120,6 +125,13 @@ def test_ratios_breakdown_names_and_slug():
     m = memory_breakdown({"peak_estimate": 1000}, {"peak_estimate": 700}, 64, 32, 400)
     assert (m["rest"], m["parameter_sized"], m["parameter_copies"]) == (600, 400, 1.0)
     assert method_from_name("fwd-rademacher-k4").num_tangents == 4
+    low = method_from_name("sample-lowrank-rademacher-k2-r3")
+    assert (low.kind, low.tangents, low.distribution, low.num_tangents, low.rank) == \
+        ("sample", "low_rank", "rademacher", 2, 3)
+    assert method_from_name("fwd-normal-k1").tangents == "iid"
+    for bad in ("fwd-lowrank-normal-k1", "fwd-normal-k1-r2", "fwd-lowrank-normal-k1-r0"):
+        with pytest.raises(ValueError, match="unknown benchmark method"):
+            method_from_name(bad)
     assert method_from_name("backprop").source == "backprop"
     with pytest.raises(ValueError, match="unknown benchmark method"):
         method_from_name("fwd-uniform-k1")

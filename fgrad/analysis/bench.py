@@ -9,7 +9,7 @@ from typing import Any
 from fgrad.analysis.tables import DASH, fmt, markdown_table, mib
 
 BENCH_HEADER = ("model", "B", "loop", "method", "ms/step", "R", "vs bp", "sampling ms (share)",
-                "GFLOP", "GFLOP/s", "compile s", "XLA peak MiB")
+                "GFLOP", "FLOP vs bp", "GFLOP/s", "compile s", "XLA peak MiB")
 LOOP_HEADER = ("model", "B", "method", "python", "scan (S)", "fastest", "training uses",
                "training / fastest")
 
@@ -25,6 +25,7 @@ def _method_rows(case: dict[str, Any]) -> list[list[Any]]:
     """The table rows of a case's f and training steps (sampling alone is a column)."""
     per, ratios = case["methods"], case["ratios"]
     f_ms, bp_ms = per.get("f", {}).get("ms"), per.get("backprop", {}).get("ms")
+    bp_flops = per.get("backprop", {}).get("flops")
     rows = []
     for name, row in per.items():
         if row["kind"] == "sample":
@@ -36,6 +37,7 @@ def _method_rows(case: dict[str, Any]) -> list[list[Any]]:
         rows.append([case["model"], case["batch_size"], row["loop"], name, f"{row['ms']:.3g}",
                      fmt(row["ms"] / f_ms if f_ms else None),
                      fmt(row["ms"] / bp_ms if bp_ms else None), samp, fmt(row["gflops"]),
+                     fmt(row["flops"] / bp_flops if row.get("flops") and bp_flops else None),
                      fmt(row["gflops_per_s"], ".1f"),
                      fmt(row["compile_s"].get(row["loop"]), ".2f"),
                      mib(row["memory"].get("peak_estimate"))])
@@ -63,7 +65,9 @@ def bench_markdown(result: dict[str, Any]) -> str:
         "Median per-step wall time over interleaved rounds, in the loop style the training loop "
         "uses (python: one jitted step per call; scan: S steps per call). R = T/T(f); "
         "vs bp = T/T(backprop step); sampling = drawing that step's tangents alone (share of "
-        "the step). FLOPs from XLA's cost analysis; memory from XLA's memory analysis of the "
+        "the step); fwd-lowrank-… rows use rank-r tangents V = ABᵀ/√r for every kernel. FLOPs "
+        "from XLA's cost analysis (FLOP vs bp: the step's over the backprop step's); memory "
+        "from XLA's memory analysis of the "
         "compiled step (arguments + outputs − donated + temporaries).",
         "",
     ]

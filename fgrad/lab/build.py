@@ -26,7 +26,7 @@ from fgrad.train.step import TrainState, init_state
 METHODS = tuple(SOURCES)
 # Config keys that configure the forward-gradient estimator (forward_gradient_source's options).
 ESTIMATOR_KEYS = ("num_tangents", "distribution", "combine", "derivative", "fd_epsilon",
-                  "diagnostics")
+                  "diagnostics", "tangents", "rank")
 
 # Steps per compiled call, by (model, backend); chosen by measurement (experiments/bench.py,
 # results/bench/cpu-amd-epyc-2c.md, "Loop style" table: every step method of a model timed one

@@ -28,6 +28,8 @@ from typing import Any
 
 from ml_collections import ConfigDict, config_dict
 
+from fgrad._lowrank import TANGENTS
+
 # The presets of make reproduce: "cpu" (the default, short enough for a 2-core CPU), "full" (the
 # paper's lengths with the seeds that fit in about 3 hours on that CPU) and "paper" (the paper's
 # 5 seeds, for accelerators). An experiment without a preset is left out of that reproduce.
@@ -54,10 +56,13 @@ def _int() -> Any:
 
 def _mnist() -> dict[str, Any]:
     """The paper's MNIST protocol: both methods, batch 64, plain SGD with η_i = η₀·e^(−ik),
-    k = 1e-4, one normal tangent per step; steps per compiled call measured per model and
-    backend (None: :data:`fgrad.lab.build.DEFAULT_STEPS_PER_CALL`); a checkpoint every 1,000
-    steps (0: only when interrupted)."""
-    return {**_estimator(), "model": "mlp", "model_kwargs": {}, "steps": 1000, "seeds": [0],
+    k = 1e-4, one normal tangent per step (i.i.d. entries; ``tangents="low_rank"`` with
+    ``rank`` r factorises every kernel's tangent, see :mod:`fgrad._lowrank`); steps per
+    compiled call measured per model and backend (None:
+    :data:`fgrad.lab.build.DEFAULT_STEPS_PER_CALL`); a checkpoint every 1,000 steps (0: only
+    when interrupted)."""
+    return {**_estimator(), "tangents": "iid", "rank": 1, "model": "mlp", "model_kwargs": {},
+            "steps": 1000, "seeds": [0],
             "learning_rates": [2e-4], "methods": ["forward", "backprop"], "variants": [],
             "batch_size": 64, "decay": 1e-4, "optimizer": "sgd", "steps_per_call": _int(),
             "eval_every": _int(), "eval_examples": _int(), "diagnostics_every": 0,
@@ -150,7 +155,7 @@ def finalize(cfg: ConfigDict) -> ConfigDict:
 
 # The integer keys :func:`check` checks, in whichever kind has them. None (a placeholder: chosen
 # at run time) passes.
-POSITIVE_INTS = ("steps", "batch_size", "num_tangents", "steps_per_call", "eval_every",
+POSITIVE_INTS = ("steps", "batch_size", "num_tangents", "rank", "steps_per_call", "eval_every",
                  "eval_examples", "data_parallel", "chunk", "rounds", "width", "devices",
                  "max_scan_steps")
 NON_NEGATIVE_INTS = ("diagnostics_every", "checkpoint_every", "seed", "warmup", "train_steps")
@@ -188,6 +193,18 @@ def _check_ints(cfg: Mapping[str, Any], where: str, prefix: str = "") -> None:
                          f"{list(seeds)!r} ({where}): pass --seeds N (seeds 0..N-1) with N >= 1")
 
 
+def _check_tangents(run: Mapping[str, Any], where: str) -> None:
+    """``tangents`` is one of :data:`fgrad._lowrank.TANGENTS`; low-rank needs the jvp."""
+    tangents = run.get("tangents")
+    if tangents is not None and tangents not in TANGENTS:
+        raise ValueError(f"tangents must be one of {', '.join(TANGENTS)}, got {tangents!r} "
+                         f"({where}): pass --tangents iid or --tangents low_rank")
+    if tangents == "low_rank" and run.get("derivative", "jvp") != "jvp":
+        raise ValueError(f"tangents low_rank needs derivative jvp, got "
+                         f"{run.get('derivative')!r} ({where}): pass --derivative jvp or "
+                         "--tangents iid")
+
+
 def _check_multiples(run: Mapping[str, Any], where: str) -> None:
     """An explicit ``steps_per_call`` must divide steps, eval_every and diagnostics_every."""
     chunk = run.get("steps_per_call")
@@ -205,10 +222,10 @@ def _check_multiples(run: Mapping[str, Any], where: str) -> None:
 
 def check(cfg: Mapping[str, Any]) -> None:
     """Checks the numbers of a config before anything is loaded: counts, sizes and periods
-    are positive integers (:data:`POSITIVE_INTS`, ...), seeds are a count >= 1 or a non-empty
-    list, an explicit ``steps_per_call`` divides ``steps`` and ``eval_every``, and a test
-    function's ``steps`` is a multiple of ``chunk``; every MNIST variant is checked with its
-    overrides.
+    are positive integers (:data:`POSITIVE_INTS`, ...), ``tangents`` is known (and low-rank
+    ones use the jvp), seeds are a count >= 1 or a non-empty list, an explicit
+    ``steps_per_call`` divides ``steps`` and ``eval_every``, and a test function's ``steps``
+    is a multiple of ``chunk``; every MNIST variant is checked with its overrides.
 
     Raises:
       ValueError: one line naming the key, the value and the flag that fixes it.
@@ -218,6 +235,9 @@ def check(cfg: Mapping[str, Any]) -> None:
     if cfg.get("kind") == "mnist":
         for v in cfg.get("variants") or []:
             _check_ints(v, f"{name}, variant {v.get('name')!r}")
+        _check_tangents(cfg, name)
+        for v in cfg.get("variants") or []:
+            _check_tangents({**cfg, **v}, f"{name}, variant {v.get('name')!r}")
         _check_multiples(cfg, name)
         for v in cfg.get("variants") or []:
             _check_multiples({**cfg, **v}, f"{name}, variant {v.get('name')!r}")

@@ -1,10 +1,11 @@
 """The timed callables of a benchmark case and the timing protocol.
 
 A benchmark *method* (:class:`Method`) is f alone, a training step (backprop or forward
-gradient with a tangent distribution and K), or drawing the tangents alone. Steps are built
-with the training layer's own :func:`~fgrad.train.step.make_train_step` and the experiment
-layer's :func:`~fgrad.lab.build.build_optimizer`, jitted with the state donated, on a synthetic
-batch passed as argument (so the data set never counts in memory).
+gradient with a tangent distribution and K, i.i.d. or low-rank of rank r), or drawing the
+tangents alone. Steps are built with the training layer's own
+:func:`~fgrad.train.step.make_train_step` and the experiment layer's
+:func:`~fgrad.lab.build.build_optimizer`, jitted with the state donated, on a synthetic batch
+passed as argument (so the data set never counts in memory).
 
 Protocol (:func:`time_interleaved`): every callable of a case is compiled and warmed up first,
 then timed in interleaved rounds (each round runs every method once, in a rotated order, for
@@ -27,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fgrad._lowrank import sample_low_rank_tangents
 from fgrad._memory import compiled_memory
 from fgrad._models import IMAGE_SHAPE, NUM_CLASSES
 from fgrad._tangents import DISTRIBUTIONS, sample_tangents
@@ -44,12 +46,15 @@ class Method(NamedTuple):
     """One timed callable of a benchmark case.
 
     Attributes:
-      name: e.g. ``"f"``, ``"backprop"``, ``"fwd-normal-k1"``, ``"sample-normal-k1"``.
+      name: e.g. ``"f"``, ``"backprop"``, ``"fwd-normal-k1"``, ``"sample-normal-k1"``,
+        ``"fwd-lowrank-normal-k1-r1"``, ``"sample-lowrank-normal-k1-r1"``.
       kind: ``"f"`` (the loss alone), ``"step"`` (a training step) or ``"sample"`` (drawing
         the tangents alone).
       source: ``"backprop"`` or ``"forward"`` for steps, else None.
       distribution: the tangent distribution (forward steps and sampling), else None.
       num_tangents: K (forward steps and sampling), else None.
+      tangents: ``"iid"`` or ``"low_rank"`` (forward steps and sampling).
+      rank: r of low-rank tangents.
     """
 
     name: str
@@ -57,32 +62,42 @@ class Method(NamedTuple):
     source: str | None = None
     distribution: str | None = None
     num_tangents: int | None = None
+    tangents: str = "iid"
+    rank: int = 1
 
 
 def default_methods(distributions: Sequence[str] = DISTRIBUTIONS,
-                    num_tangents: Sequence[int] = (1, 4)) -> list[Method]:
-    """f, the backprop step, and a forward step plus its sampling per (distribution, K)."""
+                    num_tangents: Sequence[int] = (1, 4),
+                    ranks: Sequence[int] = (1,)) -> list[Method]:
+    """f, the backprop step, and a forward step plus its sampling per (distribution, K), i.i.d.
+    and low-rank (per rank r)."""
     out = [Method("f", "f"), Method("backprop", "step", "backprop")]
-    for dist in distributions:
-        for k in num_tangents:
-            out.append(Method(f"fwd-{dist}-k{k}", "step", "forward", dist, k))
-    for dist in distributions:
-        for k in num_tangents:
-            out.append(Method(f"sample-{dist}-k{k}", "sample", None, dist, k))
+    for prefix, kind in (("fwd", "step"), ("sample", "sample")):
+        source = "forward" if kind == "step" else None
+        for dist in distributions:
+            for k in num_tangents:
+                out.append(Method(f"{prefix}-{dist}-k{k}", kind, source, dist, k))
+        for dist in distributions:
+            for k in num_tangents:
+                out += [Method(f"{prefix}-lowrank-{dist}-k{k}-r{r}", kind, source, dist, k,
+                               "low_rank", r) for r in ranks]
     return out
 
 
 def method_from_name(name: str) -> Method:
-    """The :class:`Method` a name like ``"fwd-normal-k4"`` or ``"backprop"`` stands for."""
+    """The :class:`Method` a name like ``"fwd-normal-k4"``, ``"fwd-lowrank-normal-k1-r2"`` or
+    ``"backprop"`` stands for."""
     if name in ("f", "backprop"):
         return Method(name, "f" if name == "f" else "step", None if name == "f" else name)
     dists = "|".join(DISTRIBUTIONS)
-    m = re.fullmatch(rf"(fwd|sample)-({dists})-k(\d+)", name)
-    if not m:
+    m = re.fullmatch(rf"(fwd|sample)-(?:(lowrank)-)?({dists})-k(\d+)(?:-r(\d+))?", name)
+    if not m or bool(m[2]) != bool(m[5]) or int(m[4]) < 1 or int(m[5] or 1) < 1:
         raise ValueError(f"unknown benchmark method {name!r}: use f, backprop, "
-                         f"fwd-<{dists}>-k<K> or sample-<{dists}>-k<K>")
+                         f"fwd-<{dists}>-k<K>, sample-<{dists}>-k<K>, "
+                         f"fwd-lowrank-<{dists}>-k<K>-r<R> or sample-lowrank-<{dists}>-k<K>-r<R>")
     kind = "step" if m[1] == "fwd" else "sample"
-    return Method(name, kind, "forward" if kind == "step" else None, m[2], int(m[3]))
+    return Method(name, kind, "forward" if kind == "step" else None, m[3], int(m[4]),
+                  "low_rank" if m[2] else "iid", int(m[5] or 1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,9 +131,14 @@ def _f_fn(loss_fn: Callable, scan_steps: int) -> Callable:
 
 def _sample_fn(method: Method, scan_steps: int) -> Callable:
     """sample(key, params) -> tangents, or a scan that draws fresh tangents each step (and sums
-    them, so every entry is computed)."""
-    draw = partial(sample_tangents, num_tangents=method.num_tangents,
-                   distribution=method.distribution)
+    them, so every entry is computed). Low-rank tangents are their factors (and the i.i.d.
+    leaves), every leaf of ndim ≥ 2 factorised: the models' kernels."""
+    if method.tangents == "low_rank":
+        draw = partial(sample_low_rank_tangents, num_tangents=method.num_tangents,
+                       distribution=method.distribution, rank=method.rank)
+    else:
+        draw = partial(sample_tangents, num_tangents=method.num_tangents,
+                       distribution=method.distribution)
     if scan_steps == 1:
         return draw
 

@@ -3,12 +3,14 @@ batch size — time, FLOPs, memory.
 
 For each model and batch size, in one worker process: the median per-step wall time of f
 alone, of a backprop step and of forward-gradient steps (normal / Rademacher tangents, K = 1
-and 4), plus sampling the tangents alone; the ratios R_f = T(fwd step)/T(f), R_b = T(bp
-step)/T(f) and fwd/bp; XLA's FLOP count and the achieved FLOP/s; compile time; XLA's memory
-analysis, the process peak RSS and (GPU) the device peak. Each step is timed both as one step
-per call from a Python loop (``"python"``) and as a ``lax.scan`` of S steps per call
-(``"scan"``); the headline uses the loop style the training loop uses for the model
-(:data:`fgrad.lab.build.DEFAULT_STEPS_PER_CALL`). The protocol is :mod:`fgrad.lab.timing`'s.
+and 4, i.i.d. and low-rank: ``fwd-lowrank-normal-k1-r1``, see :mod:`fgrad._lowrank`), plus
+sampling the tangents alone; the ratios R_f = T(fwd step)/T(f), R_b = T(bp step)/T(f) and
+fwd/bp; XLA's FLOP count (and its ratio to the backprop step's) and the achieved FLOP/s;
+compile time; XLA's memory analysis, the process peak RSS and (GPU) the device peak. Each
+step is timed both as one step per call from a Python loop (``"python"``) and as a
+``lax.scan`` of S steps per call (``"scan"``); the headline uses the loop style the training
+loop uses for the model (:data:`fgrad.lab.build.DEFAULT_STEPS_PER_CALL`). The protocol is
+:mod:`fgrad.lab.timing`'s.
 Written to ``<out>/<device slug>.json`` and ``.md``.
 """
 
@@ -136,6 +138,7 @@ def case_ratios(per: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     """R_b, R_f, fwd/bp and the sampling share per forward method, from headline times.
 
     R_f = T(fwd step)/T(f), R_b = T(bp step)/T(f), fwd_over_bp = T(fwd step)/T(bp step),
+    flops_over_bp = XLA FLOPs(fwd step)/XLA FLOPs(bp step) (where both are reported),
     sampling_share = T(sampling its tangents alone)/T(fwd step) (in the headline loop style; in a
     scan the drawn tangents are summed, not stored), and ``sampling_share_python`` with both
     timed one call per step (tangents stored).
@@ -153,6 +156,9 @@ def case_ratios(per: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
             r["R_f"] = row["ms"] / f
         if bp:
             r["fwd_over_bp"] = row["ms"] / bp
+        bp_flops = per.get("backprop", {}).get("flops")
+        if row.get("flops") and bp_flops:
+            r["flops_over_bp"] = row["flops"] / bp_flops
         sample = per.get(name.replace("fwd-", "sample-", 1))
         if sample:
             r["sampling_share"] = sample["ms"] / row["ms"]
