@@ -15,8 +15,8 @@ from fgrad.analysis.metrics import (
     Stat,
     _ratio,
     backprop_ms,
-    group_variants,
     f_line,
+    group_variants,
     shared_f_ms,
     variant_stats,
 )

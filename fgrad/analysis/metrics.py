@@ -118,7 +118,8 @@ def seed_metrics(forward: MnistRun | None, backprop: MnistRun | None,
                  ) -> dict[str, float | None]:
     """Every metric of one seed from its complete runs (either may be None).
 
-    Keys: ``f_ms`` (the shared T(f) when given, else the mean of both runs' own), ``ms_forward``, ``ms_backprop``, ``R_f``, ``R_b``,
+    Keys: ``f_ms`` (the shared T(f) when given, else the mean of both runs' own),
+    ``ms_forward``, ``ms_backprop``, ``R_f``, ``R_b``,
     ``R_f/R_b`` (= ms_forward / ms_backprop), ``target`` (backprop's best smoothed loss),
     ``T_f``, ``T_b``, ``T_f/T_b`` (inf when forward gradient never reaches the target),
     ``step_f``, ``step_b`` (the steps at which each first reaches it), ``T_f/T_b_bound``

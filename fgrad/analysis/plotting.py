@@ -4,14 +4,13 @@ One helper per panel kind: :func:`band` (mean line bold, each seed thin), :func:
 :func:`mark_times`, :func:`style_axes`; :func:`_new_figure` lays out a grid of panels and
 :func:`save` writes it as PNG and PDF.
 
-Conventions, the same in every figure: forward gradient in :data:`COLORS` ``["forward"]``,
-backprop in ``["backprop"]``; a bold line is the mean over seeds, thin lines of the same colour
-each seed's own curve (the legend gives the seed count); a "vs time" curve is drawn against the mean over seeds of the wall time at
-each iteration. MNIST training losses are smoothed by a trailing running mean of
-:data:`fgrad.analysis.metrics.SMOOTH_WINDOW` steps before plotting (sweeps of short runs: at
-most a tenth of the run, :func:`sweep_window`). Sweeps of variants give each curve its own
-colour (:func:`curve_colors`): backprop curves in blues, forward-gradient curves in the other
-colours.
+Conventions, the same in every figure: forward gradient in :data:`COLORS` ``["forward"]``, backprop
+in ``["backprop"]``; a bold line is the mean over seeds, thin lines of the same colour each seed's
+own curve (the legend gives the seed count); a "vs time" curve is drawn against the mean over seeds
+of the wall time at each iteration. MNIST training losses are smoothed by a trailing running mean of
+:data:`fgrad.analysis.metrics.SMOOTH_WINDOW` steps before plotting (sweeps of short runs: at most a
+tenth of the run, :func:`sweep_window`). Sweeps of variants give each curve its own colour
+(:func:`curve_colors`): backprop curves in blues, forward-gradient curves in the other colours.
 """
 
 from __future__ import annotations

@@ -109,8 +109,9 @@ def _quality_setup(summary: dict[str, Any]) -> str:
     rows, cfg = summary["rows"], summary.get("config") or {}
     samples = "/".join(str(m) for m in sorted({int(r["samples"]) for r in rows}))
     n = "/".join(str(v) for v in sorted({int(r["n"]) for r in rows}))
-    return (f"n = {n} parameters; M = {samples} estimates per setting (column M) on one minibatch of "
-            f"{cfg.get('batch_size', '?')}; *init*: at initialisation, *trained*: after "
+    return (f"n = {n} parameters; M = {samples} estimates per setting (column M) on one "
+            f"minibatch of {cfg.get('batch_size', '?')}; *init*: at initialisation, *trained*: "
+            "after "
             f"{cfg.get('train_steps', '?')} backprop SGD steps (η = {cfg.get('train_lr', '?')}).")
 
 
