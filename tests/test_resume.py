@@ -91,3 +91,19 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
     with pytest.raises(ValueError, match="made with another config") as e:
         other.restore({"w": jnp.ones(3)})
     assert "\n" not in str(e.value)
+
+
+def test_checkpoint_survives_an_option_added_since_at_its_default(tmp_path):
+    """A run checkpointed before an option existed (its summary's config lacks the key) resumes
+    under code that has the option at its default; a real change still gets the new config."""
+    from fgrad.lab.run.mnist import MNIST_DEFAULTS, _started_config
+
+    new = {**MNIST_DEFAULTS, "steps": 100}
+    old = {k: v for k, v in new.items() if k not in ("tangents", "rank")}
+    path = tmp_path / f"{NAME}.json"
+    path.write_text(json.dumps({"status": "incomplete", "config": old}))
+    assert _started_config(path, new) == old
+    assert config_fingerprint(_started_config(path, new)) == config_fingerprint(old)
+    changed = {**new, "steps": 200}
+    assert _started_config(path, changed) == changed
+    assert _started_config(tmp_path / "absent.json", new) == new

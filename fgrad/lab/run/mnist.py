@@ -10,6 +10,7 @@ run is complete.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -26,7 +27,7 @@ from ml_collections import ConfigDict
 from fgrad._env import environment
 from fgrad._memory import compiled_memory, device_peak_bytes, process_peak_rss_bytes
 from fgrad._mnist import Mnist, load_mnist
-from fgrad._results import JsonlWriter, is_done, write_json
+from fgrad._results import JsonlWriter, config_changes, is_done, write_json
 from fgrad._schedules import check_learning_rate
 from fgrad.lab.build import METHODS, build_model, build_optimizer, build_state, make_source
 from fgrad.lab.build import steps_per_call as choose_steps_per_call
@@ -48,6 +49,18 @@ from fgrad.train.step import (
 MNIST_DEFAULTS = to_dict(defaults("mnist"))  # options added later count as made with these
 CHECKPOINTS = ".ckpt"  # OUT/.ckpt/NAME: a run's mid-run checkpoints (git-ignored)
 
+
+def _started_config(summary_path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The config a checkpoint of this run was made under: the unfinished run's own (from its
+    summary) when it differs from ``config`` only by options added since, at their defaults, so
+    a code update that adds an option does not orphan a long run's checkpoint; else ``config``."""
+    try:
+        old = json.loads(summary_path.read_text()).get("config")
+    except (OSError, ValueError):
+        return config
+    if isinstance(old, dict) and not config_changes(old, config, defaults=MNIST_DEFAULTS):
+        return old
+    return config
 
 def check(cfg: Mapping[str, Any]) -> None:
     """One-line ValueErrors for an MNIST config that cannot run (methods, learning rates)."""
@@ -185,9 +198,9 @@ def train_run(cfg: Mapping[str, Any], data: Mnist, method: str, learning_rate: f
                    "data_bytes": sum(int(x.nbytes) for x in jax.tree.leaves(train))},
     }
     summary_path = out_dir / f"{name}.json"
-    ckpt = RunCheckpointer(out_dir / CHECKPOINTS / name,
-                           config_fingerprint({**summary["config"], "method": method,
-                                               "learning_rate": learning_rate, "seed": seed}))
+    ckpt = RunCheckpointer(out_dir / CHECKPOINTS / name, config_fingerprint(
+        {**_started_config(summary_path, summary["config"]), "method": method,
+         "learning_rate": learning_rate, "seed": seed}))
     start, resume_at = None, None
     if ckpt.latest_step() is not None:
         _, state, meta = ckpt.restore(state)
