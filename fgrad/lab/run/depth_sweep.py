@@ -4,6 +4,7 @@ R_f, R_b and each step's peak memory split into parameter-sized buffers and the 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from fgrad._memory import device_peak_bytes, process_peak_rss_bytes
 from fgrad._results import check_config, read_json, write_json
 from fgrad.analysis.depth_sweep import depth_line, depth_markdown
 from fgrad.lab import timing
-from fgrad.lab.build import build_model
+from fgrad.lab.build import build_model, steps_per_call
 from fgrad.lab.config import to_dict
 from fgrad.lab.run import RunOptions
 
@@ -77,6 +78,11 @@ def depth_case(width: int, depth: int, batch_size: int, cfg: dict[str, Any]) -> 
                            "num_params": built.num_params,
                            "param_bytes": param_bytes, "methods": {}}
     runs, steps = {}, {}
+    # Timed as training runs them: the MLP's steps per compiled call on this backend (f too),
+    # fewer where one call would exceed ~0.5 s (there dispatch is negligible), so R_f and R_b
+    # agree with the training runs' and the benchmark's scan rows
+    scan = steps_per_call("mlp", jax.default_backend(), None)
+    row["scan_steps"] = {}
     for name in cfg.get("methods", DEPTH_METHODS):
         m = timing.method_from_name(name)
         c = timing.compile_method(m, loss_fn, params, data, 1, seed, opts)
@@ -88,7 +94,15 @@ def depth_case(width: int, depth: int, batch_size: int, cfg: dict[str, Any]) -> 
                                                param_bytes)
             del ch
         row["methods"][name] = entry
-        runs[name], steps[name] = c.run, 1
+        if cfg.get("time", True) and scan > 1:
+            c.run()
+            t0 = time.perf_counter()
+            c.run()
+            s = timing.choose_scan_steps(time.perf_counter() - t0, 0.5, scan)
+            if s > 1:
+                c = timing.compile_method(m, loss_fn, params, data, s, seed, opts)
+        row["scan_steps"][name] = c.steps
+        runs[name], steps[name] = c.run, c.steps
     if cfg.get("time", True):
         for name, run in runs.items():  # first runs, smallest expected peak first
             run()
