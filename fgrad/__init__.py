@@ -9,6 +9,8 @@ Public API:
 * :func:`load_mnist` (IDX files or TFDS), Flax models :func:`make_model` (logreg, mlp, cnn),
   :func:`cross_entropy_loss`.
 * :func:`sample_tangents`, :func:`gradient_diagnostics`, :func:`beale`, :func:`rosenbrock`.
+* Activity-perturbed forward gradients (Ren et al. 2023): :func:`activity_gradient`,
+  :func:`activity_perturbation_source` (``SOURCES["activity"]``), :func:`activity_layers`.
 * Low-rank tangents V = ABᵀ/√r for flax ``nn.Dense``/``nn.Conv`` kernels
   (``forward_gradient(..., tangents="low_rank", rank=r)``): :func:`low_rank_layers`,
   :func:`sample_low_rank_tangents`, :class:`LowRankTangents`, :func:`tangent_mse`.
@@ -19,6 +21,7 @@ Layers above this library, each a subpackage (none is loaded by ``import fgrad``
 files → metrics, REPORT.md, figures).
 """
 
+from fgrad._activity import ActivityGradient, activity_gradient, activity_layers
 from fgrad._estimator import ForwardGradient, forward_gradient
 from fgrad._functions import beale, rosenbrock
 from fgrad._lowrank import (
@@ -42,14 +45,21 @@ from fgrad._schedules import make_optimizer, paper_schedule
 from fgrad._tangents import sample_tangents
 from fgrad._transforms import (
     SOURCES,
+    ActivityPerturbationState,
     BackpropState,
     ForwardGradientState,
+    activity_perturbation_source,
     backprop_source,
     forward_gradient_source,
     gradient_diagnostics,
 )
 
 __all__ = [
+    "ActivityGradient",
+    "ActivityPerturbationState",
+    "activity_gradient",
+    "activity_layers",
+    "activity_perturbation_source",
     "CNN",
     "MLP",
     "LogisticRegression",

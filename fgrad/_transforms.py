@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fgrad._activity import activity_gradient, check_activity_options
 from fgrad._estimator import check_estimator_options, forward_gradient, mean_value_and_grad
 from fgrad._tangents import sample_tangents
 from fgrad._types import PyTree
@@ -42,6 +43,14 @@ class ForwardGradientState(NamedTuple):
     value: jax.Array
     directional_derivatives: jax.Array
     diagnostics: dict[str, jax.Array]
+
+
+class ActivityPerturbationState(NamedTuple):
+    """State of :func:`activity_perturbation_source`: the noise's PRNG ``key`` and ``value`` =
+    f(θ) at the last update (float32)."""
+
+    key: jax.Array
+    value: jax.Array
 
 
 class BackpropState(NamedTuple):
@@ -266,9 +275,72 @@ def noisy_backprop_source(seed: int | jax.Array = 0, *, axis_name: str | None = 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def activity_perturbation_source(
+    seed: int | jax.Array = 0,
+    *,
+    num_perturbations: int = 1,
+    distribution: str = "normal",
+    mask_relu: bool = True,
+    axis_name: str | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Replaces the updates by an activity-perturbed forward gradient (Ren et al. 2023).
+
+    Per example i and perturbed layer l the noise u_{l,i} is added to the pre-activation z_l in
+    the tangent of one jvp of the per-example losses, giving d_i = Σ_l ∇_{z_l}L_i·u_{l,i}; then
+    ĝ_W = (1/B) Σ_i x_{l,i}ᵀ d_i u_{l,i} and ĝ_b = (1/B) Σ_i d_i u_{l,i} (local products, no
+    backward pass; unbiased; see :func:`fgrad.activity_gradient` and :mod:`fgrad._activity`).
+
+    Calling convention: it needs per-example losses, which a scalar ``value_fn`` cannot give, so
+    ``update`` takes the extra arguments ``loss_fn`` (``loss_fn(params, *batch)`` → the
+    batch-mean loss) and ``batch`` (arrays with a leading batch axis), as
+    :func:`fgrad.train.step.make_train_step` passes them; ``value_fn``, if given, is ignored.
+
+    Args:
+      seed: an integer seed or a PRNG key for the noise.
+      num_perturbations: K ≥ 1 noise draws per example, averaged.
+      distribution: ``"normal"`` or ``"rademacher"``.
+      mask_relu: zero the noise where the layer's ReLU is inactive (every perturbed layer call
+        but the last; right for fgrad's MLP and CNN).
+      axis_name: data parallelism under ``jax.shard_map``: per-device noise, f and ĝ averaged
+        over the axis (an all-reduce of n numbers). None: single device.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes ``loss_fn`` and
+      ``batch``.
+
+    Example:
+      >>> tx = optax.chain(activity_perturbation_source(0), optax.sgd(1e-2))
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update(params, state, params, loss_fn=cross_entropy_loss(model),
+      ...                            batch=(images, labels))
+    """
+    num_perturbations = check_activity_options(num_perturbations, distribution, mask_relu)
+    _check_seed(seed)
+
+    def init_fn(params):
+        del params
+        return ActivityPerturbationState(_key(seed), jnp.zeros((), jnp.float32))
+
+    def update_fn(updates, state, params=None, *, loss_fn: Callable[..., jax.Array] | None = None,
+                  batch: tuple[jax.Array, ...] | None = None, **extra_args):
+        del updates, extra_args
+        _need_params(params, "activity_perturbation_source")
+        if loss_fn is None or batch is None:
+            raise ValueError("activity_perturbation_source needs per-example losses: call "
+                             "update(u, s, params, loss_fn=loss, batch=(images, labels))")
+        key, subkey = jax.random.split(state.key)
+        out = activity_gradient(loss_fn, params, batch, subkey,
+                                num_perturbations=num_perturbations, distribution=distribution,
+                                mask_relu=mask_relu, axis_name=axis_name)
+        return out.grad, ActivityPerturbationState(key, out.value)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 # The gradient sources by method name: the one list of methods (configs, CLI, report).
 SOURCES: dict[str, Callable[..., optax.GradientTransformationExtraArgs]] = {
     "forward": forward_gradient_source,
     "backprop": backprop_source,
     "backprop_noise": noisy_backprop_source,
+    "activity": activity_perturbation_source,
 }

@@ -27,6 +27,8 @@ METHODS = tuple(SOURCES)
 # Config keys that configure the forward-gradient estimator (forward_gradient_source's options).
 ESTIMATOR_KEYS = ("num_tangents", "distribution", "combine", "derivative", "fd_epsilon",
                   "diagnostics", "tangents", "rank")
+# Config keys of activity perturbation (activity_perturbation_source's options).
+ACTIVITY_KEYS = ("num_perturbations", "distribution", "mask_relu")
 
 # Steps per compiled call, by (model, backend); chosen by measurement (experiments/bench.py,
 # results/bench/cpu-amd-epyc-2c.md, "Loop style" table: every step method of a model timed one
@@ -71,11 +73,11 @@ def make_source(method: str, seed: int, options: Mapping[str, Any],
     """The gradient source for ``method``; estimator options are read from ``options``.
 
     Args:
-      method: a name of :data:`fgrad._transforms.SOURCES` (``"forward"``, ``"backprop"`` or
-        ``"backprop_noise"``).
+      method: a name of :data:`fgrad._transforms.SOURCES` (``"forward"``, ``"backprop"``,
+        ``"backprop_noise"`` or ``"activity"``).
       seed: the tangents' (or the noise's) seed.
       options: a config or dict; its keys among :data:`ESTIMATOR_KEYS` configure the forward
-        gradient (others are ignored).
+        gradient, those among :data:`ACTIVITY_KEYS` activity perturbation (others are ignored).
       axis_name: the data-parallel mesh axis the source averages over (see
         :mod:`fgrad.train.parallel`); None on a single device.
 
@@ -88,6 +90,9 @@ def make_source(method: str, seed: int, options: Mapping[str, Any],
         return SOURCES[method](seed, axis_name=axis_name)
     if method == "forward":
         opts = {k: options[k] for k in ESTIMATOR_KEYS if k in options and options[k] is not None}
+        return SOURCES[method](seed, axis_name=axis_name, **opts)
+    if method == "activity":  # activity-perturbed forward gradient (fgrad._activity)
+        opts = {k: options[k] for k in ACTIVITY_KEYS if k in options and options[k] is not None}
         return SOURCES[method](seed, axis_name=axis_name, **opts)
     raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
 

@@ -58,10 +58,12 @@ def _mnist() -> dict[str, Any]:
     """The paper's MNIST protocol: both methods, batch 64, plain SGD with η_i = η₀·e^(−ik),
     k = 1e-4, one normal tangent per step (i.i.d. entries; ``tangents="low_rank"`` with
     ``rank`` r factorises every kernel's tangent, see :mod:`fgrad._lowrank`); steps per
-    compiled call measured per model and backend (None:
+    compiled call measured per model and backend (method ``"activity"``: ``num_perturbations``
+    K noise draws per example and ``mask_relu``, see :mod:`fgrad._activity`; None:
     :data:`fgrad.lab.build.DEFAULT_STEPS_PER_CALL`); a checkpoint every 1,000 steps (0: only
     when interrupted)."""
-    return {**_estimator(), "tangents": "iid", "rank": 1, "model": "mlp", "model_kwargs": {},
+    return {**_estimator(), "tangents": "iid", "rank": 1, "num_perturbations": 1,
+            "mask_relu": True, "model": "mlp", "model_kwargs": {},
             "steps": 1000, "seeds": [0],
             "learning_rates": [2e-4], "methods": ["forward", "backprop"], "variants": [],
             "batch_size": 64, "decay": 1e-4, "optimizer": "sgd", "steps_per_call": _int(),
@@ -155,7 +157,8 @@ def finalize(cfg: ConfigDict) -> ConfigDict:
 
 # The integer keys :func:`check` checks, in whichever kind has them. None (a placeholder: chosen
 # at run time) passes.
-POSITIVE_INTS = ("steps", "batch_size", "num_tangents", "rank", "steps_per_call", "eval_every",
+POSITIVE_INTS = ("steps", "batch_size", "num_tangents", "rank", "num_perturbations",
+                 "steps_per_call", "eval_every",
                  "eval_examples", "data_parallel", "chunk", "rounds", "width", "devices",
                  "max_scan_steps")
 NON_NEGATIVE_INTS = ("diagnostics_every", "checkpoint_every", "seed", "warmup", "train_steps")
@@ -205,6 +208,14 @@ def _check_tangents(run: Mapping[str, Any], where: str) -> None:
                          "--tangents iid")
 
 
+def _check_activity(run: Mapping[str, Any], where: str) -> None:
+    """``mask_relu`` is a bool (``--mask-relu False`` parses to one)."""
+    mask = run.get("mask_relu")
+    if mask is not None and not isinstance(mask, bool):
+        raise ValueError(f"mask_relu must be True or False, got {mask!r} ({where}): pass "
+                         "--mask-relu True or --mask-relu False")
+
+
 def _check_multiples(run: Mapping[str, Any], where: str) -> None:
     """An explicit ``steps_per_call`` must divide steps, eval_every and diagnostics_every."""
     chunk = run.get("steps_per_call")
@@ -236,8 +247,10 @@ def check(cfg: Mapping[str, Any]) -> None:
         for v in cfg.get("variants") or []:
             _check_ints(v, f"{name}, variant {v.get('name')!r}")
         _check_tangents(cfg, name)
+        _check_activity(cfg, name)
         for v in cfg.get("variants") or []:
             _check_tangents({**cfg, **v}, f"{name}, variant {v.get('name')!r}")
+            _check_activity({**cfg, **v}, f"{name}, variant {v.get('name')!r}")
         _check_multiples(cfg, name)
         for v in cfg.get("variants") or []:
             _check_multiples({**cfg, **v}, f"{name}, variant {v.get('name')!r}")

@@ -122,8 +122,10 @@ def make_train_step(loss_fn: Callable[[PyTree, jax.Array, jax.Array], jax.Array]
     def train_step(state: TrainState, data: Data) -> tuple[TrainState, Measurements]:
         images, labels = batch_at(state.step, data, batch_size, local_indices)
         value_fn = lambda p: loss_fn(p, images, labels)
+        # loss_fn and batch too: sources that need per-example losses (activity perturbation)
         updates, opt_state = tx.update(state.params, state.opt_state, state.params,
-                                       value_fn=value_fn)
+                                       value_fn=value_fn, loss_fn=loss_fn,
+                                       batch=(images, labels))
         params = optax.apply_updates(state.params, updates)
         return TrainState(params, opt_state, state.step + 1), {"loss": source_value(opt_state)}
 
