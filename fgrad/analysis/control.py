@@ -135,7 +135,7 @@ def draw(data: tuple[list[MnistRun], list], name: str) -> Figure | None:
     fig, axes = _new_figure(1, 3)
     for method, seeds in _by_method(runs).items():
         rs = [seeds[s] for s in sorted(seeds)]
-        label = f"{METHOD_LABELS.get(method, method)} ({len(rs)} seed{'s' * (len(rs) > 1)})"
+        label = METHOD_LABELS.get(method, method)  # band adds the seed count
         sm = [smoothed_loss(r) for r in rs]
         band(axes[0, 0], sm[0][0], _stack([s[2] for s in sm]), method, label)
         band(axes[0, 1], rs[0].eval_step, _stack([r.test_acc for r in rs]), method, label,
@@ -147,6 +147,8 @@ def draw(data: tuple[list[MnistRun], list], name: str) -> Figure | None:
                "loss vs iterations", logy=True)
     style_axes(axes[0, 1], "iteration", "test accuracy", "test accuracy")
     style_axes(axes[0, 2], "iteration", "‖θ‖ (all parameters)", "weight norm")
+    axes[0, 0].legend(fontsize=6.5, loc="upper right", framealpha=0.8)  # late, high: empty
+    axes[0, 2].legend(fontsize=6.5, loc="center right", framealpha=0.8)  # between the curves
     fig.suptitle(f"{name}: what makes forward gradients fast per iteration (mean over seeds, "
                  "thin: each seed)", fontsize=11)
     return fig

@@ -199,10 +199,12 @@ def plot_quality(models: tuple[dict[str, dict[str, Any]], list[Excluded]], name:
         style_axes(row[0], "K (tangents)", "E[cos²(estimate, ∇)]",
                    f"{model}: E[cos²] vs K (n = {rows[0]['n']})")
         for ax, point in zip(row[1:], points):
-            _cosine_boxes(ax, [r for r in rows if r["point"] == point], colors)
+            mine = [r for r in rows if r["point"] == point]
+            _cosine_boxes(ax, mine, colors)
+            ms = "/".join(str(m) for m in sorted({int(r["samples"]) for r in mine}, reverse=True))
             style_axes(ax, "K (tangents)", "cos(estimate, ∇)",
-                       f"{model}: cosine {POINT_LABELS.get(point, point)} "
-                       f"(M = {rows[0]['samples']})", logy=True)
+                       f"{model}: cosine {POINT_LABELS.get(point, point)} (M = {ms})",
+                       logy=True)
     fig.suptitle(f"{name}: forward-gradient estimates against the exact gradient (markers: "
                  "measured; dashed: theory)", fontsize=11)
     return fig
