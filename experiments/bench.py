@@ -22,7 +22,7 @@ from fgrad.lab.config import experiment
 
 PRESETS = {
     "full": {"batch_sizes": [64, 1024], "rounds": 7, "min_round_s": 0.05, "warmup": 0,
-             "case_budget_s": 90.0, "max_call_s": 10.0, "scan_target_s": 0.1,
+             "case_budget_s": 90.0, "max_call_s": 10.0, "scan_target_s": 0.5,
              "max_scan_steps": 50, "loops": ["python", "scan"], "loop_batch_sizes": [64]},
     "quick": {"batch_sizes": [64], "rounds": 2, "min_round_s": 0.0, "warmup": 0,
               "scan_target_s": 0.0, "max_scan_steps": 2, "loops": ["python"],

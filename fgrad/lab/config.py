@@ -95,7 +95,7 @@ def _depth_sweep() -> dict[str, Any]:
 def _bench() -> dict[str, Any]:
     return {**_timing(), "models": ["logreg", "mlp", "cnn"], "methods": [],
             "model_kwargs": {}, "batch_sizes": [64], "case_budget_s": 90.0, "max_call_s": 10.0,
-            "scan_target_s": 0.1, "max_scan_steps": 50, "loops": ["python", "scan"],
+            "scan_target_s": 0.5, "max_scan_steps": 50, "loops": ["python", "scan"],
             "loop_batch_sizes": [64]}
 
 

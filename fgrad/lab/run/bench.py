@@ -102,8 +102,10 @@ def bench_case(model_name: str, batch_size: int, cfg: dict[str, Any]) -> dict[st
         ref = "backprop" if "backprop" in single else methods[0].name
         t0 = time.perf_counter()
         single[ref].run()
-        scan_steps = choose_scan_steps(time.perf_counter() - t0, cfg["scan_target_s"],
-                                       cfg["max_scan_steps"])
+        # the training loop's steps per call (one protocol for T(f) and the steps), fewer
+        # where one call would exceed scan_target_s
+        cap = min(int(cfg["max_scan_steps"]), train_chunk if train_chunk > 1 else 10**9)
+        scan_steps = choose_scan_steps(time.perf_counter() - t0, cfg["scan_target_s"], cap)
         for m in methods:
             c = compile_method(m, loss_fn, params, data, scan_steps, seed, opts)
             per[m.name]["compile_s"]["scan"] = c.compile_s
