@@ -203,9 +203,9 @@ def shared_f_ms(runs: Iterable[MnistRun]) -> Stat | None:
 def f_protocol(runs: Iterable[MnistRun]) -> str:
     """How the runs timed f: "S evaluations per compiled call" (as their steps ran), or one
     call per evaluation for runs made before that protocol (their summary lacks ``f_timing``)."""
+    runs = list(runs)  # iterated twice
     scans = sorted({int(t["scan_steps"]) for r in runs
                     if isinstance(t := r.summary.get("f_timing"), dict) and "scan_steps" in t})
-    runs = list(runs)
     old = sum(not isinstance(r.summary.get("f_timing"), dict) for r in runs)
     parts = []
     if scans:
