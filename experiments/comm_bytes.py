@@ -1,5 +1,6 @@
-"""Bytes all-reduced per data-parallel training step: forward gradient vs backprop (beyond the
-paper), for the paper's MLP (784-1024-1024-10) and CNN.
+"""Bytes all-reduced per data-parallel training step: forward gradient (i.i.d. and low-rank
+tangents), activity perturbation and backprop (beyond the paper), for the paper's MLP
+(784-1024-1024-10) and CNN.
 
 Run:
   python experiments/comm_bytes.py                 # ~1 min on a 2-core CPU
@@ -11,7 +12,8 @@ compiles the data-parallel step of fgrad.train.parallel (batch 64 split over the
 the operand bytes of the all-reduces in its HLO, and trains a few SGD steps on random
 MNIST-shaped data on D devices and on one device to report the largest parameter difference.
 A forward-gradient step all-reduces K + 1 float32 scalars (the K directional derivatives and
-the loss); a backprop step all-reduces the whole gradient, 4n bytes for n parameters.
+the loss), with i.i.d. or low-rank tangents; a backprop step all-reduces the whole gradient, 4n
+bytes for n parameters, and so does an activity-perturbed one (weight-sized local estimates).
 """
 
 import sys
@@ -29,7 +31,8 @@ def get_config(preset: str = "cpu"):
                devices=4, batch_size=64, steps=3, seed=0,
                learning_rate=2e-4,  # the paper's η₀ for both models
                models={"mlp": {"width": 1024, "depth": 2}, "cnn": {}},
-               forward_num_tangents=[1, 8])
+               forward_num_tangents=[1, 8], low_rank_num_tangents=[1],
+               activity_num_perturbations=[1])
     return finalize(cfg)
 
 

@@ -1,4 +1,5 @@
-"""MLP depth sweep: time and memory of forward-gradient vs backprop steps as depth grows.
+"""MLP depth sweep: time and memory of forward-gradient (i.i.d. and rank-1 low-rank tangents) vs
+backprop steps as depth grows.
 
 Run:
   python experiments/depth_sweep.py --preset cpu     # width 1024, depths 1–32, B = 64 and 1024

@@ -7,7 +7,8 @@ Public API:
   transformations, chained with any optax optimizer.
 * :func:`paper_schedule`, :func:`make_optimizer` — η_i = η₀·e^(−ik) and the chain around it.
 * :func:`load_mnist` (IDX files or TFDS), Flax models :func:`make_model` (logreg, mlp, cnn),
-  :func:`cross_entropy_loss`.
+  :func:`cross_entropy_loss`; local losses (``local_losses=True``, per-block classifiers):
+  :func:`block_losses`, :func:`training_loss`.
 * :func:`sample_tangents`, :func:`gradient_diagnostics`, :func:`beale`, :func:`rosenbrock`.
 * Activity-perturbed forward gradients (Ren et al. 2023): :func:`activity_gradient`,
   :func:`activity_perturbation_source` (``SOURCES["activity"]``), :func:`activity_layers`.
@@ -37,9 +38,11 @@ from fgrad._models import (
     MLP,
     LogisticRegression,
     accuracy,
+    block_losses,
     cross_entropy_loss,
     init_params,
     make_model,
+    training_loss,
 )
 from fgrad._schedules import make_optimizer, paper_schedule
 from fgrad._tangents import sample_tangents
@@ -67,12 +70,14 @@ __all__ = [
     "Mnist",
     "MnistError",
     "accuracy",
+    "block_losses",
     "cross_entropy_loss",
     "init_params",
     "load_mnist",
     "low_rank_layers",
     "make_model",
     "read_idx",
+    "training_loss",
     "SOURCES",
     "TANGENTS",
     "BackpropState",

@@ -30,9 +30,14 @@ are independent, so per entry
 (+ normal, − Rademacher). In a ReLU net ∇_{z}L_i = 0 wherever z ≤ 0, so a layer followed by a
 ReLU loses nothing if its u is zeroed there (``mask_relu``): d_i is unchanged and the estimate is
 still unbiased, with Var multiplied by the mask 1[z_{ij} > 0]. Mask rule: every intercepted
-layer call except the last one (the output layer) is assumed to be followed by a ReLU — true of
-every hidden Dense/Conv of fgrad's MLP and CNN. For another architecture use
-``mask_relu=False`` (always unbiased).
+layer call except the output layers (the last call, and the last call of each local head) is
+assumed to be followed by a ReLU — true of every hidden Dense/Conv of fgrad's MLP and CNN. For
+another architecture use ``mask_relu=False`` (always unbiased).
+
+Local losses (:mod:`fgrad._local`): ``loss_fn`` returns the vector of per-block losses
+(``fgrad.training_loss(model)``), the jvp gives d_{b,i} per block, and the layers of block b
+use their own block's d_{b,i} (no other block's noise reaches L_b through the stop gradients),
+so ĝ is an unbiased estimate of the gradient of Σ_b L_b with each block's local variance.
 
 Interception. Per-example losses come from the batch-mean loss ``loss_fn(params, *batch)``
 evaluated on batches of one example, ``jax.vmap``-ed over the batch (so XLA still sees batched
@@ -63,6 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fgrad._estimator import device_mean
+from fgrad._local import LocalHead
 from fgrad._tangents import check_distribution, check_float_leaves, sample_tangents
 from fgrad._types import PyTree
 
@@ -84,13 +90,18 @@ class ActivityGradient(NamedTuple):
 
 
 class _Call(NamedTuple):
-    """One perturbed layer call (static): its path, leaf indices, linear op, output shape."""
+    """One perturbed layer call (static): its path, leaf indices, linear op, output shape, its
+    block (local losses: the number of :class:`~fgrad._local.LocalHead` calls before it ended)
+    and whether a ReLU follows it (every call but the output layers: the model's last call and
+    each head's last)."""
 
     path: tuple[str, ...]
     kernel: int
     bias: int | None
     op: nn.Module
     out: jax.ShapeDtypeStruct
+    block: int = 0
+    relu: bool = True
 
 
 def check_activity_options(num_perturbations: int, distribution: str, mask_relu: bool) -> int:
@@ -131,12 +142,14 @@ def _match(context: Any, leaves: Sequence[Any], index: dict[tuple[str, ...], int
 
 
 def _example_fn(loss_fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
-    """L_i(θ) = loss_fn(θ, *example as a batch of one), checked to be a real scalar."""
+    """L_i(θ) = loss_fn(θ, *example as a batch of one), checked to be a real scalar or, with
+    local losses, a vector of per-block losses."""
     def fn(params, example):
         out = jnp.asarray(loss_fn(params, *[a[None] for a in example]))
-        if out.shape != () or not jnp.issubdtype(out.dtype, jnp.floating):
-            raise TypeError(f"loss_fn must return a real scalar (the batch-mean loss), got "
-                            f"shape {out.shape} and dtype {out.dtype}")
+        if out.ndim > 1 or not jnp.issubdtype(out.dtype, jnp.floating):
+            raise TypeError(f"loss_fn must return a real scalar (the batch-mean loss) or a "
+                            f"vector of per-block losses, got shape {out.shape} and dtype "
+                            f"{out.dtype}")
         return out.astype(jnp.promote_types(out.dtype, jnp.float32))
     return fn
 
@@ -148,21 +161,32 @@ def _find_calls(loss_fn: Callable[..., jax.Array], params: PyTree, batch: Sequen
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     index = {_path_names(p): i for i, (p, _) in enumerate(flat)}
     calls: list[_Call] = []
+    heads: list[int] = []  # per head: the index of its last layer call
 
     def probe(leaves, example):
         def record(next_fun, args, kwargs, context):
             y = next_fun(*args, **kwargs)
+            if type(context.module) is LocalHead and context.method_name == "__call__":
+                heads.append(len(calls) - 1)
             hit = _match(context, leaves, index)
             if hit is not None:
                 op = context.module.clone(parent=None, use_bias=False)
                 calls.append(_Call(tuple(context.module.path), *hit, op,
-                                   jax.ShapeDtypeStruct(jnp.shape(y), jnp.result_type(y))))
+                                   jax.ShapeDtypeStruct(jnp.shape(y), jnp.result_type(y)),
+                                   block=len(heads)))
             return y
 
         with nn.intercept_methods(record):
             return _example_fn(loss_fn)(jax.tree.unflatten(treedef, leaves), example)
 
-    jax.eval_shape(probe, leaves, [a[0] for a in batch])
+    out = jax.eval_shape(probe, leaves, [a[0] for a in batch])
+    if (out.shape[0] if out.ndim else 1) != len(heads) + 1:
+        raise ValueError(f"loss_fn applies {len(heads)} local head(s) but returns "
+                         f"{'a scalar' if not out.ndim else f'{out.shape[0]} losses'}: for "
+                         f"local losses pass fgrad.training_loss(model) ({len(heads) + 1} "
+                         "per-block losses)")
+    outputs = {len(calls) - 1, *heads}
+    calls[:] = [c._replace(relu=j not in outputs) for j, c in enumerate(calls)]
     covered = {i for c in calls for i in (c.kernel, c.bias) if i is not None}
     missing = ["/".join(_path_names(p)) for i, (p, _) in enumerate(flat) if i not in covered]
     if missing:
@@ -186,8 +210,11 @@ def activity_layers(loss_fn: Callable[..., jax.Array], params: PyTree,
       ``[("Dense_0", True), ("Dense_1", True), ("Dense_2", False)]`` for fgrad's MLP.
     """
     calls = _find_calls(loss_fn, params, batch)
-    return [("/".join(c.path), bool(mask_relu) and j < len(calls) - 1)
-            for j, c in enumerate(calls)]
+    return [("/".join(c.path), m) for c, m in zip(calls, _masks(calls, mask_relu))]
+
+
+def _masks(calls: Sequence[_Call], mask_relu: bool) -> list[bool]:
+    return [bool(mask_relu) and c.relu for c in calls]
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2,))
@@ -250,9 +277,10 @@ def _local_products(params, calls, masks, seen, u, d):
     at x_l and ĝ_b = Σ δ_l; calls sharing a kernel add up."""
     leaves, treedef = jax.tree.flatten(params)
     grads: list[Any] = [None] * len(leaves)
-    k, b = d.shape
+    k, b = d.shape[:2]
     for c, m, (x, y), u_c in zip(calls, masks, seen, u):
-        delta = jnp.einsum("kb,kb...->b...", d.astype(u_c.dtype), u_c) / (k * b)
+        d_c = d[..., c.block] if d.ndim == 3 else d  # local losses: the block's own d
+        delta = jnp.einsum("kb,kb...->b...", d_c.astype(u_c.dtype), u_c) / (k * b)
         if m:
             delta = jnp.where(y > 0, delta, jnp.zeros_like(delta))
         x = x.reshape(-1, *x.shape[2:])  # (B, 1, ...) → (B, ...)
@@ -316,14 +344,19 @@ def activity_gradient(
             batch[0].ndim == 0):
         raise ValueError(f"batch must be arrays with one common leading batch axis, got shapes "
                          f"{[tuple(a.shape) for a in batch]}")
-    calls = _find_calls(loss_fn, params, batch)
-    masks = [bool(mask_relu) and j < len(calls) - 1 for j in range(len(calls))]
     if axis_name is not None:
+        # device-varying params: under shard_map the local products' vjp in a replicated W
+        # would otherwise sum the devices' estimates itself (then device_mean again: D× ĝ)
+        params = jax.lax.pcast(params, axis_name, to="varying")
         key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+    calls = _find_calls(loss_fn, params, batch)
+    masks = _masks(calls, mask_relu)
     size = batch[0].shape[0]
     u = sample_tangents(key, [jax.ShapeDtypeStruct((size, *c.out.shape), c.out.dtype)
                               for c in calls], k, distribution)
     losses, d, seen = _perturbed_jvp(loss_fn, params, batch, calls, masks, u)
     grad = _local_products(params, calls, masks, seen, u, d)
-    value, grad = device_mean((jnp.mean(losses).astype(jnp.float32), grad), axis_name)
+    value = jnp.sum(jnp.mean(losses, axis=0)).astype(jnp.float32)  # Σ over blocks, if any
+    value, grad = device_mean((value, grad), axis_name)
+    d = d.sum(axis=-1) if d.ndim == 3 else d  # the objective's directional derivative
     return ActivityGradient(value, d.astype(jnp.float32), grad)

@@ -23,6 +23,18 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_isa() -> str:
+    """The widest x86 vector extension the CPU reports (``"avx512"``, ``"avx2"``), else ``""``:
+    machines with the same model name can differ in it, and XLA:CPU's speed with them."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        return ""
+    return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else ""
+
+
 def _version(package: str) -> str:
     try:
         return metadata.version(package)
@@ -34,7 +46,8 @@ def device_name() -> str:
     """The default device in words, e.g. ``"NVIDIA H100 80GB HBM3"`` or ``"cpu (2 cores)"``."""
     dev = jax.devices()[0]
     if dev.platform == "cpu":
-        return f"cpu ({os.cpu_count()} cores, {_cpu_model()})"
+        isa = cpu_isa()
+        return f"cpu ({os.cpu_count()} cores, {_cpu_model()}{', ' + isa if isa else ''})"
     return getattr(dev, "device_kind", dev.platform)
 
 
@@ -46,6 +59,7 @@ def environment() -> dict[str, Any]:
         "device": device_name(),
         "device_count": jax.device_count(),
         "cpu": _cpu_model(),
+        "cpu_isa": cpu_isa(),
         "cpu_cores": os.cpu_count(),
         "python": sys.version.split()[0],
         "jax": _version("jax"),

@@ -11,23 +11,13 @@ another input shape raises a one-line ValueError while tracing. Losses are pure 
 params pytree, so ``jax.jvp`` and ``jax.grad`` can differentiate them with respect to params.
 
 Initialisation: every model's ``init_scheme`` field (``make_model(name, init=...)``) names an
-entry of :data:`INITS`, which sets ``kernel_init`` and ``bias_init`` of every ``nn.Dense`` and
-``nn.Conv`` it creates. ``fan_in`` is ``in_features`` for a dense layer and
-``in_channels·kh·kw`` for a convolution.
-
-* ``"flax"`` (the default): Flax's own, kernel ~ lecun_normal = truncated normal with std
-  ``1/√fan_in``, bias = 0.
-* ``"pytorch"``: PyTorch's ``nn.Linear``/``nn.Conv2d`` default (``kaiming_uniform(a=√5)``, the
-  paper's code), kernel and bias both ~ U(−1/√fan_in, 1/√fan_in), i.e. std ``1/√(3·fan_in)``;
-  each layer's bias uses that layer's own ``fan_in``.
-
-Both give the same params pytree (names, shapes, float32). The field is not called ``init``
-because that would hide ``flax.linen.Module.init`` (which ``tabulate`` and ``lazy_init`` call).
+entry of :data:`fgrad._layers.INITS` (``"flax"``, the default, or ``"pytorch"``, the paper's code's;
+see :mod:`fgrad._layers`). Local losses (``local_losses=True`` on the MLP and the CNN, Ren et al.
+2023): see :mod:`fgrad._local`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,87 +26,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fgrad._layers import INITS, check_init, conv, dense, layer_inits, uniform_fan_in
+from fgrad._local import block_end, check_local, head_names
 from fgrad._types import PyTree
+
+__all__ = ["CNN", "INITS", "IMAGE_SHAPE", "MLP", "MODELS", "NUM_CLASSES", "LogisticRegression",
+           "accuracy", "check_init", "conv", "cross_entropy_loss", "dense", "init_params",
+           "layer_inits", "make_model", "max_pool_2x2", "training_loss", "uniform_fan_in"]
 
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
 MAX_DEPTH = 100
-Initializer = Callable[..., jax.Array]
-
-
-def uniform_fan_in(fan_in: int) -> Initializer:
-    """An initializer drawing U(−1/√fan_in, 1/√fan_in) for any shape (PyTorch's bias init).
-
-    Flax calls ``bias_init`` with the bias shape only, so the layer's ``fan_in`` is bound here.
-
-    Args:
-        fan_in: the layer's number of inputs per output (``in_features``, or
-            ``in_channels·kh·kw`` for a convolution); at least 1.
-
-    Returns:
-        ``init(key, shape, dtype=float32)``.
-    """
-    if fan_in < 1:
-        raise ValueError(f"fan_in must be at least 1, got {fan_in}")
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
-        return jax.random.uniform(key, tuple(shape), dtype, -bound, bound)
-
-    return init
-
-
-def _flax_inits(fan_in: int) -> tuple[Initializer, Initializer]:
-    """Flax's defaults: kernel ~ lecun_normal (std 1/√fan_in), bias = 0 (``fan_in`` unused)."""
-    del fan_in
-    return nn.initializers.lecun_normal(), nn.initializers.zeros_init()
-
-
-def _pytorch_inits(fan_in: int) -> tuple[Initializer, Initializer]:
-    """PyTorch's defaults: kernel and bias ~ U(−1/√fan_in, 1/√fan_in).
-
-    The kernel's ``variance_scaling(1/3, "fan_in", "uniform")`` has limit √(3·(1/3)/fan_in) =
-    1/√fan_in, with Flax's fan_in (all kernel axes but the last), which is the same fan_in.
-    """
-    kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-    return kernel, uniform_fan_in(fan_in)
-
-
-#: Initialisation schemes by name: ``fan_in ↦ (kernel_init, bias_init)`` for one layer.
-INITS: dict[str, Callable[[int], tuple[Initializer, Initializer]]] = {
-    "flax": _flax_inits,
-    "pytorch": _pytorch_inits,
-}
-
-
-def check_init(init: str) -> None:
-    """Raises a one-line ValueError unless ``init`` is a key of :data:`INITS`."""
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}: use one of {', '.join(INITS)}")
-
-
-def layer_inits(init: str, fan_in: int) -> tuple[Initializer, Initializer]:
-    """``(kernel_init, bias_init)`` of scheme ``init`` for a layer with ``fan_in`` inputs."""
-    check_init(init)
-    return INITS[init](fan_in)
-
-
-def dense(features: int, fan_in: int, init: str) -> nn.Dense:
-    """``nn.Dense(features)`` initialised by scheme ``init`` for ``fan_in`` input features."""
-    kernel_init, bias_init = layer_inits(init, fan_in)
-    return nn.Dense(features, kernel_init=kernel_init, bias_init=bias_init)
-
-
-def conv(features: int, kernel_size: Sequence[int], in_channels: int, init: str,
-         **kwargs: Any) -> nn.Conv:
-    """``nn.Conv(features, kernel_size, **kwargs)`` initialised by scheme ``init``.
-
-    Its fan_in is ``in_channels·kh·kw`` (no feature groups).
-    """
-    fan_in = in_channels * math.prod(kernel_size)
-    kernel_init, bias_init = layer_inits(init, fan_in)
-    return nn.Conv(features, tuple(kernel_size), kernel_init=kernel_init, bias_init=bias_init,
-                   **kwargs)
 
 
 def check_images(images: jax.Array, name: str) -> None:
@@ -168,15 +88,22 @@ class MLP(nn.Module):
     ``init_scheme`` (see :data:`INITS`) sets every layer's init, with fan_in 784 for the first
     and ``width`` for the others: ``"flax"`` (default), kernel ~ lecun_normal with std
     1/√fan_in, bias 0; ``"pytorch"``, kernel and bias ~ U(−1/√fan_in, 1/√fan_in).
+
+    ``local_losses``: a block per hidden layer, each but the last with a local classifier
+    (``head_hidden`` hidden units, 0: linear), gradients stopped between blocks
+    (:mod:`fgrad._local`).
     """
 
     width: int = 1024
     depth: int = 2
     num_classes: int = NUM_CLASSES
     init_scheme: str = "flax"
+    local_losses: bool = False
+    head_hidden: int = 0
 
     def __post_init__(self) -> None:
         check_init(self.init_scheme)
+        check_local(self.local_losses, self.head_hidden)
         if not 1 <= self.depth <= MAX_DEPTH:
             raise ValueError(f"MLP depth must be in 1..{MAX_DEPTH}, got {self.depth}")
         if self.width < 1:
@@ -188,8 +115,11 @@ class MLP(nn.Module):
         """Logits ``(B, num_classes)`` of images ``(B, 28, 28, 1)``."""
         check_images(images, "MLP")
         x = images.reshape((images.shape[0], -1))
-        for _ in range(self.depth):
+        for j in range(self.depth):
             x = nn.relu(dense(self.width, x.shape[-1], self.init_scheme)(x))
+            if j < self.depth - 1:
+                x = block_end(x, self.local_losses, self.head_hidden, self.init_scheme,
+                              self.num_classes)
         return dense(self.num_classes, x.shape[-1], self.init_scheme)(x)
 
 
@@ -206,15 +136,23 @@ class CNN(nn.Module):
     first convolution, 3·3·``channels`` for the others, 7·7·``channels`` and ``hidden`` for the
     dense layers: ``"flax"`` (default), kernel ~ lecun_normal with std 1/√fan_in, bias 0;
     ``"pytorch"``, kernel and bias ~ U(−1/√fan_in, 1/√fan_in).
+
+    ``local_losses``: three blocks (each pair of convolutions with its pool, then the dense
+    layers), the first two with a local classifier on their pooled output (global average
+    pool, ``head_hidden`` hidden units, logits), gradients stopped between blocks
+    (:mod:`fgrad._local`).
     """
 
     channels: int = 64
     hidden: int = 1024
     num_classes: int = NUM_CLASSES
     init_scheme: str = "flax"
+    local_losses: bool = False
+    head_hidden: int = 0
 
     def __post_init__(self) -> None:
         check_init(self.init_scheme)
+        check_local(self.local_losses, self.head_hidden)
         super().__post_init__()
 
     @nn.compact
@@ -228,6 +166,8 @@ class CNN(nn.Module):
                              padding="SAME")
                 x = nn.relu(layer(x))
             x = max_pool_2x2(x)
+            x = block_end(x, self.local_losses, self.head_hidden, self.init_scheme,
+                          self.num_classes)
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(dense(self.hidden, x.shape[-1], self.init_scheme)(x))
         return dense(self.num_classes, x.shape[-1], self.init_scheme)(x)
@@ -341,3 +281,33 @@ def accuracy(model: nn.Module) -> Callable[[PyTree, jax.Array, jax.Array], jax.A
         return hits.astype(jnp.float32).mean()
 
     return acc
+
+
+def block_losses(model: nn.Module) -> Callable[[PyTree, jax.Array, jax.Array], jax.Array]:
+    """The per-block mean cross-entropies of a model with local losses (:mod:`fgrad._local`).
+
+    Args:
+        model: a flax module whose blocks end in :class:`fgrad._local.LocalHead` s (e.g.
+            ``make_model("mlp", local_losses=True)``); without heads the vector has one entry.
+
+    Returns:
+        ``losses(params, images, labels)``: float32 ``(num blocks,)``, the heads' losses in call
+        order, then the output's; their sum is the training objective.
+    """
+
+    def losses(params: PyTree, images: jax.Array, labels: jax.Array) -> jax.Array:
+        labels = _check_labels(images, labels)
+        logits, state = model.apply({"params": params}, images, mutable=["intermediates"])
+        sown = state.get("intermediates", {})
+        heads = [sown[n]["logits"][0] for n in head_names(sown)]
+        return jnp.stack([optax.softmax_cross_entropy_with_integer_labels(z, labels).mean()
+                          for z in (*heads, logits)])
+
+    return losses
+
+
+def training_loss(model: nn.Module) -> Callable[[PyTree, jax.Array, jax.Array], jax.Array]:
+    """What a model trains on: :func:`block_losses` (a vector whose sum is the objective) for a
+    model with ``local_losses``, else :func:`cross_entropy_loss` (a scalar)."""
+    return block_losses(model) if getattr(model, "local_losses", False) else (
+        cross_entropy_loss(model))

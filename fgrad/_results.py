@@ -238,3 +238,29 @@ class JsonlWriter:
         except ResultsError:
             if exc_type is None:  # else the error already on its way (an interrupt) wins
                 raise
+
+
+def best_learning_rate(summaries: list[dict[str, Any]], seeds: list[int]) -> float | None:
+    """The learning rate whose runs (of ``seeds``) end at the lowest mean final training loss;
+    a rate with a diverged, unfinished or missing run of those seeds is not a candidate.
+
+    The one selection rule of a learning-rate sweep (``best_rate_seeds`` in an MNIST config):
+    the runner runs the extra seeds at this rate and the report marks it. It reads training
+    losses only, never the test set.
+
+    Args:
+      summaries: run summaries of one variant (``learning_rate``, ``seed``, ``status``,
+        ``final_train_loss``).
+      seeds: the sweep's seeds.
+
+    Returns:
+      The best η₀, or None when no rate has every seed complete.
+    """
+    by_rate: dict[float, dict[int, float]] = {}
+    for s in summaries:
+        loss = s.get("final_train_loss")
+        if s.get("status") == "complete" and loss is not None and math.isfinite(loss):
+            by_rate.setdefault(float(s["learning_rate"]), {})[int(s["seed"])] = float(loss)
+    means = {lr: sum(v[k] for k in seeds) / len(seeds) for lr, v in by_rate.items()
+             if all(k in v for k in seeds)}
+    return min(means, key=lambda lr: (means[lr], lr)) if means else None

@@ -133,11 +133,17 @@ def test_ratios_breakdown_names_and_slug():
         with pytest.raises(ValueError, match="unknown benchmark method"):
             method_from_name(bad)
     assert method_from_name("backprop").source == "backprop"
-    with pytest.raises(ValueError, match="unknown benchmark method"):
-        method_from_name("fwd-uniform-k1")
+    act = method_from_name("activity-rademacher-k2")
+    assert (act.kind, act.source, act.distribution, act.num_tangents) == \
+        ("step", "activity", "rademacher", 2)
+    for bad in ("fwd-uniform-k1", "activity-normal-k0", "activity-lowrank-normal-k1-r1"):
+        with pytest.raises(ValueError, match="unknown benchmark method"):
+            method_from_name(bad)
     env = {"platform": "cpu", "cpu": "AMD EPYC 7B13 64-Core Processor", "cpu_cores": 2}
     assert device_slug(env) == "cpu-amd-epyc-7b13-2c"
     assert device_slug({"platform": "cpu", "cpu": "AMD EPYC", "cpu_cores": 2}) == \
         "cpu-amd-epyc-2c"
+    assert device_slug({"platform": "cpu", "cpu": "AMD EPYC", "cpu_isa": "avx2",
+                        "cpu_cores": 2}) == "cpu-amd-epyc-avx2-2c"
     assert device_slug({"platform": "gpu", "device": "NVIDIA H100 80GB HBM3"}) == \
         "gpu-nvidia-h100-80gb-hbm3"

@@ -69,6 +69,18 @@ def test_forward_allreduces_k_scalars_backprop_the_gradient(equivalence):
     # backprop: every gradient entry (and the loss)
     assert r["backprop"]["allreduce_bytes"] >= 4 * r["backprop"]["num_params"]
     assert r["backprop"]["num_params"] > 10_000
+    # activity perturbation: each device's estimate is weight-sized, so its mean is too
+    assert r["activity"]["allreduce_bytes"] >= 4 * r["activity"]["num_params"]
+
+
+def test_activity_on_four_devices_is_the_mean_of_the_shards_estimates(equivalence):
+    """Each device draws its own noise (the key folded with its index) for its shard; the
+    data-parallel estimate equals the mean of the 4 shards' estimates computed one by one (not
+    4× it: the replicated params are cast to device-varying before the local products)."""
+    g = equivalence[0]["activity_gradient"]
+    assert g["max_abs"] > 1e-4
+    assert g["max_abs_diff"] <= 1e-5 * g["max_abs"], g
+    assert equivalence[0]["activity"]["max_abs_update"] > 1e-3  # and it trains
 
 
 def test_bad_configuration_on_four_devices(equivalence):
@@ -109,10 +121,13 @@ def test_two_processes_agree_with_one_process(equivalence, tmp_path):
     assert all(i["distributed"] and i["process_count"] == 2 and i["devices"] == 4
                and i["local_devices"] == 2 for i in infos)
     p0, p1, single = (np.load(f) for f in (*outs, equivalence[1]))
-    for method in ("forward", "backprop"):
+    for method in ("forward", "backprop", "activity"):
         np.testing.assert_array_equal(p0[method], p1[method])
-        scale = np.max(np.abs(single[method])) + 1.0
-        np.testing.assert_allclose(p0[method], single[method], rtol=0, atol=1e-5 * scale)
+        # forward and backprop equal one device; activity (noise per device) equals the
+        # one-process run on 4 devices
+        ref = single[f"{method}_parallel" if method == "activity" else method]
+        scale = np.max(np.abs(ref)) + 1.0
+        np.testing.assert_allclose(p0[method], ref, rtol=0, atol=1e-5 * scale)
 
 
 def test_check_data_parallel_messages():

@@ -65,7 +65,10 @@ def bench_markdown(result: dict[str, Any]) -> str:
         "Median per-step wall time over interleaved rounds, in the loop style the training loop "
         "uses (python: one jitted step per call; scan: S steps per call). R = T/T(f); "
         "vs bp = T/T(backprop step); sampling = drawing that step's tangents alone (share of "
-        "the step); fwd-lowrank-… rows use rank-r tangents V = ABᵀ/√r for every kernel. FLOPs "
+        "the step); fwd-lowrank-… rows use rank-r tangents V = ABᵀ/√r for every kernel; "
+        "activity-… rows perturb the pre-activations (Ren et al. 2023: one jvp of the "
+        "per-example losses, then a local product per layer, which stores each layer's input "
+        "as backprop does). FLOPs "
         "from XLA's cost analysis (FLOP vs bp: the step's over the backprop step's); memory "
         "from XLA's memory analysis of the "
         "compiled step (arguments + outputs − donated + temporaries).",

@@ -24,6 +24,7 @@ from fgrad.analysis.tables import NA, fmt, markdown_table, mib
 # For the depth-sweep section, when its experiment exists: R_f ≈ 2.5 → 4.2 and R_b ≈ 4.5 → 5.0
 # from 1 to 100 layers, with equal memory for both methods.
 PAPER_DEPTH_SWEEP = {"layers": (1, 100), "R_f": (2.5, 4.2), "R_b": (4.5, 5.0)}
+LOW_RANK_COLOR = "#2ca02c"
 
 # ----------------------------------------------------------------------------- section
 
@@ -34,14 +35,29 @@ def _cell(value: float, digits: int = 2) -> str:
 
 
 def _depth_row(s: dict[str, np.ndarray], i: int) -> list[str]:
-    return [f"{s['depth'][i]:.0f}", _cell(s["R_f"][i]), _cell(s["R_b"][i]),
-            _cell(s["R_f"][i] / s["R_b"][i]), _cell(s["f_total"][i], 1),
-            _cell(s["f_rest"][i], 1), _cell(s["b_total"][i], 1), _cell(s["b_rest"][i], 1),
-            _cell(s["f_total"][i] / s["b_total"][i])]
+    row = [f"{s['depth'][i]:.0f}", _cell(s["R_f"][i]), _cell(s["R_b"][i]),
+           _cell(s["R_f"][i] / s["R_b"][i]), _cell(s["f_total"][i], 1),
+           _cell(s["f_rest"][i], 1), _cell(s["b_total"][i], 1), _cell(s["b_rest"][i], 1),
+           _cell(s["f_total"][i] / s["b_total"][i])]
+    if "R_l" in s:
+        row += [_cell(s["R_l"][i]), _cell(s["l_total"][i], 1),
+                _cell(s["l_total"][i] / s["b_total"][i])]
+    return row
 
 
 DEPTH_HEADER = ["depth", "R_f", "R_b", "R_f/R_b", "fwd peak (MiB)", "fwd rest (MiB)",
                 "bp peak (MiB)", "bp rest (MiB)", "fwd/bp peak"]
+LOW_RANK_HEADER = ["R low-rank", "low-rank peak (MiB)", "low-rank/bp peak"]
+
+
+def _low_rank_sentence(s: dict[str, np.ndarray], batch_size: int) -> str:
+    if "R_l" not in s:
+        return ""
+    ratio = s["l_total"] / s["b_total"]
+    below = "at or below" if np.nanmax(ratio) <= 1 else "not always at or below"
+    return (f" With rank-1 tangents (normal factors) the step's peak is {below} backprop's at "
+            f"every depth at batch {batch_size} ({np.nanmin(ratio):.2f}–{np.nanmax(ratio):.2f}× "
+            f"backprop's) and its R is {np.nanmin(s['R_l']):.2f}–{np.nanmax(s['R_l']):.2f}.")
 
 
 def _depth_sentence(s: dict[str, np.ndarray], batch_size: int) -> str:
@@ -76,8 +92,9 @@ def depth_sweep_section(exp_dir: Path) -> list[str]:
     for b in sorted({r["batch_size"] for r in result["rows"]}):
         s = depth_series(result, b)
         lines += ["", f"### batch {b}", ""]
-        lines += markdown_table(DEPTH_HEADER, [_depth_row(s, i) for i in range(len(s["depth"]))])
-        lines += ["", _depth_sentence(s, b)]
+        header = DEPTH_HEADER + (LOW_RANK_HEADER if "R_l" in s else [])
+        lines += markdown_table(header, [_depth_row(s, i) for i in range(len(s["depth"]))])
+        lines += ["", _depth_sentence(s, b) + _low_rank_sentence(s, b)]
     return lines
 
 
@@ -93,13 +110,16 @@ def plot_depth_sweep(result: dict[str, Any] | None, name: str) -> Figure | None:
     fig, axes = _new_figure(len(batch_sizes), 3)
     for row, b in zip(axes, batch_sizes):
         s = depth_series(result, b)
-        for key, method in (("f", "forward"), ("b", "backprop")):
-            row[0].plot(s["depth"], s[f"R_{key}"], "o-", color=COLORS[method],
-                        label=f"R_{key} ({METHOD_LABELS[method]})")
-            row[2].plot(s["depth"], s[f"{key}_total"], "o-", color=COLORS[method],
-                        label=f"{METHOD_LABELS[method]}: total")
-            row[2].plot(s["depth"], s[f"{key}_rest"], "s--", color=COLORS[method],
-                        label=f"{METHOD_LABELS[method]}: beyond parameter-sized")
+        lines = [("f", COLORS["forward"], METHOD_LABELS["forward"]),
+                 ("b", COLORS["backprop"], METHOD_LABELS["backprop"])]
+        if "R_l" in s:
+            lines.append(("l", LOW_RANK_COLOR, "low-rank forward gradient (r = 1)"))
+        for key, color, label in lines:
+            row[0].plot(s["depth"], s[f"R_{key}"], "o-", color=color, label=f"R ({label})")
+            row[2].plot(s["depth"], s[f"{key}_total"], "o-", color=color,
+                        label=f"{label}: total")
+            row[2].plot(s["depth"], s[f"{key}_rest"], "s--", color=color,
+                        label=f"{label}: beyond parameter-sized")
         # R_f / R_b = T(fwd step) / T(bp step); bars: the ratio of the steps' quartiles over
         # the interleaved rounds (p25/p75 to p75/p25), the spread of what the median ratio is
         ratio = s["f_ms"] / s["b_ms"]

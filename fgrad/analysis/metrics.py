@@ -4,7 +4,9 @@
   (``f_ms`` of its summary); a section uses ONE T(f) per (model, batch): the median over its
   runs (:func:`shared_f_ms`), so that R_f / R_b equals the ratio of the step times.
 * ``R_f = T(forward-gradient step) / T(f)``, ``R_b = T(backprop step) / T(f)``, from each run's
-  ``ms_per_step`` and the shared T(f).
+  step time :func:`step_ms` (the median over its compiled calls of the call's seconds / S, a
+  median as the benchmark's and T(f)'s are: a few slow calls, e.g. while the OS or a background
+  checkpoint write takes a core, do not move it) and the shared T(f).
 * ``T_b``: wall time at which backprop's training loss, smoothed by a trailing running mean of
   :data:`SMOOTH_WINDOW` steps, first reaches its own minimum (its "best loss"); ``T_f``: the
   wall time at which forward gradient's smoothed loss first falls to that value, for the same
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from fgrad._results import best_learning_rate
 from fgrad.analysis.runs import Excluded, MnistRun, _number, run_setting, run_variant
 
 SMOOTH_WINDOW = 100
@@ -91,13 +94,24 @@ def _step_memory(mem: dict[str, Any]) -> float | None:
     return None if peak is None else peak - (_number(mem.get("data_bytes")) or 0.0)
 
 
+def step_ms(run: MnistRun) -> float | None:
+    """A run's step time in ms: the median over its compiled calls of the call's duration / S
+    (S = ``steps_per_call``; calls end at steps S, 2S, ... of the cumulative ``time`` log), or
+    the summary's mean ``ms_per_step`` when the log has fewer than two calls."""
+    s = max(1, int(run.summary.get("steps_per_call") or 1))
+    ends = run.time[s - 1::s]
+    if len(ends) < 2:
+        return _number(run.summary.get("ms_per_step"))
+    return float(1e3 * np.median(np.diff(np.concatenate([[0.0], ends]))) / s)
+
+
 def run_metrics(run: MnistRun, f_ms: float | None = None) -> dict[str, float | None]:
     """One run's ``ms`` per step, ``f_ms`` (T(f): ``f_ms`` if given, the section's shared one,
     else the run's own), ``R`` = ms / f_ms, final training ``loss``, final test ``acc``, ``mem``
     (MiB, XLA's estimate for one step beyond the training set), ``dev`` (MiB, device peak)."""
     s = run.summary
     mem = s.get("memory") or {}
-    ms = _number(s.get("ms_per_step"))
+    ms = step_ms(run)
     f_ms = f_ms if f_ms is not None else _number(s.get("f_ms"))
     return {"ms": ms, "f_ms": f_ms, "R": _ratio(ms, f_ms),
             "loss": _number(s.get("final_train_loss")),
@@ -258,12 +272,12 @@ BackpropTimes = dict[tuple[int, float | None], float]
 
 
 def backprop_ms(runs: Iterable[MnistRun]) -> BackpropTimes:
-    """ms per step of the complete backprop runs (mean over backprop variants) by (seed, η₀),
+    """:func:`step_ms` of the complete backprop runs (mean over backprop variants) by (seed, η₀),
     and by (seed, None) over all η₀ of the seed."""
     per: dict[tuple[int, float | None], list[float | None]] = {}
     for r in runs:
         if r.method == "backprop":
-            ms = _number(r.summary.get("ms_per_step"))
+            ms = step_ms(r)
             for key in ((r.seed, r.learning_rate), (r.seed, None)):
                 per.setdefault(key, []).append(ms)
     means = {key: _mean_of(ms) for key, ms in per.items()}
@@ -298,17 +312,19 @@ def _failures(excluded: Iterable[Excluded]) -> dict[SweepKey, list[Excluded]]:
 
 def best_rates(runs: Sequence[MnistRun], excluded: Sequence[Excluded] = ()
                ) -> dict[str, float]:
-    """Per variant, the η₀ with the lowest mean final training loss over seeds, among the η₀
-    whose runs all completed (none diverged or was interrupted)."""
-    failed = _failures(excluded)
+    """Per variant, the η₀ the runner chose (:func:`fgrad._results.best_learning_rate`): the
+    lowest mean final training loss over the sweep's seeds (the config's ``seeds``; the extra
+    ``best_rate_seeds`` run only at the best η₀), among the η₀ whose sweep runs all completed."""
+    summaries: dict[str, list[dict]] = {}
+    for r in [*runs, *excluded]:
+        summaries.setdefault(run_variant(r.summary), []).append(r.summary)
     best = {}
-    for variant, by_lr in group_variants(runs).items():
-        losses = {lr: aggregate(_number(r.summary.get("final_train_loss"))
-                                for r in seeds.values())
-                  for lr, seeds in by_lr.items() if (variant, lr) not in failed}
-        losses = {lr: s.mean for lr, s in losses.items() if s is not None and s.n}
-        if losses:
-            best[variant] = min(losses, key=losses.__getitem__)
+    for variant in group_variants(runs):
+        seeds = [int(k) for k in summaries[variant][0].get("config", {}).get("seeds", [])]
+        seeds = seeds or sorted({int(s["seed"]) for s in summaries[variant]})
+        lr = best_learning_rate(summaries[variant], seeds)
+        if lr is not None:
+            best[variant] = lr
     return best
 
 
@@ -349,6 +365,9 @@ def sweep_points(runs: Sequence[MnistRun], excluded: Sequence[Excluded]
                           stats.get(k, {}), failed.get(k, [])) for k in keys}
 
 
+LOW_RANK_DEPTH_METHOD = "fwd-lowrank-normal-k1-r1"  # the depth sweep's low-rank series
+
+
 def depth_fwd_method(row: dict[str, Any]) -> str:
     """The forward-gradient entry of a depth-sweep row (normal tangents, K = 1, if present)."""
     fwd = [m for m in row["methods"] if m.startswith("fwd")]
@@ -357,7 +376,8 @@ def depth_fwd_method(row: dict[str, Any]) -> str:
 
 def depth_series(result: dict[str, Any], batch_size: int) -> dict[str, np.ndarray]:
     """Per depth at one batch size: R_f, R_b, both steps' median and quartile times (ms over
-    the interleaved rounds: ``f_ms``, ``f_ms_p25``, ``f_ms_p75``, ``b_…``) and memory (MiB)."""
+    the interleaved rounds: ``f_ms``, ``f_ms_p25``, ``f_ms_p75``, ``b_…``) and memory (MiB);
+    with the same for the low-rank step (``R_l``, ``l_…``) where every row has it."""
     rows = sorted((r for r in result["rows"] if r["batch_size"] == batch_size),
                   key=lambda r: r["depth"])
 
@@ -368,7 +388,10 @@ def depth_series(result: dict[str, Any], batch_size: int) -> dict[str, np.ndarra
         return np.nan if v is None else float(v)
 
     out = {"depth": np.array([r["depth"] for r in rows], float)}
-    for label, method in (("f", None), ("b", "backprop")):
+    series: list[tuple[str, str | None]] = [("f", None), ("b", "backprop")]
+    if rows and all(LOW_RANK_DEPTH_METHOD in r["methods"] for r in rows):
+        series.append(("l", LOW_RANK_DEPTH_METHOD))  # rank-1 tangents: R_l, l_total, ...
+    for label, method in series:
         out[f"R_{label}"] = np.array([get(r, method or depth_fwd_method(r), "R") for r in rows])
         for q in ("ms", "ms_p25", "ms_p75"):
             out[f"{label}_{q}"] = np.array([get(r, method or depth_fwd_method(r), "time", q)

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import optax
 
-from fgrad._models import cross_entropy_loss, init_params, make_model
+from fgrad._models import init_params, make_model, training_loss
 from fgrad._schedules import make_optimizer
 from fgrad._transforms import SOURCES
 from fgrad._types import PyTree
@@ -99,7 +99,8 @@ def make_source(method: str, seed: int, options: Mapping[str, Any],
 
 @dataclass(frozen=True)
 class Model:
-    """A model with its parameters and its loss ``loss(params, images, labels)``."""
+    """A model with its parameters and its training loss ``loss(params, images, labels)``
+    (:func:`fgrad._models.training_loss`: a scalar, or per-block losses with local losses)."""
 
     module: nn.Module
     params: PyTree
@@ -116,9 +117,9 @@ class Model:
 
 def build_model(name: str, model_kwargs: Mapping[str, Any], key: jax.Array) -> Model:
     """The model ``name`` with ``model_kwargs``, its parameters from ``key`` and its
-    cross-entropy loss."""
+    training loss (cross-entropy; per block with local losses)."""
     module = make_model(name, **dict(model_kwargs))
-    return Model(module, init_params(module, key), cross_entropy_loss(module))
+    return Model(module, init_params(module, key), training_loss(module))
 
 
 def build_optimizer(method: str, learning_rate: float, seed: int, cfg: Mapping[str, Any],

@@ -61,14 +61,16 @@ def _mnist() -> dict[str, Any]:
     compiled call measured per model and backend (method ``"activity"``: ``num_perturbations``
     K noise draws per example and ``mask_relu``, see :mod:`fgrad._activity`; None:
     :data:`fgrad.lab.build.DEFAULT_STEPS_PER_CALL`); a checkpoint every 1,000 steps (0: only
-    when interrupted)."""
+    when interrupted); ``best_rate_seeds``: seeds run after the sweep (``seeds`` over the
+    learning rates), only at each variant's best rate (lowest final training loss)."""
     return {**_estimator(), "tangents": "iid", "rank": 1, "num_perturbations": 1,
             "mask_relu": True, "model": "mlp", "model_kwargs": {},
             "steps": 1000, "seeds": [0],
             "learning_rates": [2e-4], "methods": ["forward", "backprop"], "variants": [],
             "batch_size": 64, "decay": 1e-4, "optimizer": "sgd", "steps_per_call": _int(),
             "eval_every": _int(), "eval_examples": _int(), "diagnostics_every": 0,
-            "divergence_factor": 100.0, "data_parallel": _int(), "checkpoint_every": 1000}
+            "divergence_factor": 100.0, "data_parallel": _int(), "checkpoint_every": 1000,
+            "best_rate_seeds": []}
 
 
 def _test_functions() -> dict[str, Any]:
@@ -89,7 +91,8 @@ def _timing() -> dict[str, Any]:
 
 def _depth_sweep() -> dict[str, Any]:
     return {**_timing(), "width": 1024, "depths": [1, 2], "batch_sizes": [64, 1024],
-            "methods": ["f", "backprop", "fwd-normal-k1"], "time": True}
+            "methods": ["f", "backprop", "fwd-normal-k1", "fwd-lowrank-normal-k1-r1"],
+            "time": True}
 
 
 def _bench() -> dict[str, Any]:
@@ -101,7 +104,8 @@ def _bench() -> dict[str, Any]:
 
 def _comm_bytes() -> dict[str, Any]:
     return {"devices": 4, "batch_size": 64, "steps": 3, "learning_rate": 2e-4, "seed": 0,
-            "models": {}, "forward_num_tangents": [1, 8]}
+            "models": {}, "forward_num_tangents": [1, 8], "low_rank_num_tangents": [1],
+            "activity_num_perturbations": [1]}
 
 
 _DEFAULTS = {"mnist": _mnist, "test_functions": _test_functions,

@@ -47,12 +47,13 @@ class Method(NamedTuple):
 
     Attributes:
       name: e.g. ``"f"``, ``"backprop"``, ``"fwd-normal-k1"``, ``"sample-normal-k1"``,
-        ``"fwd-lowrank-normal-k1-r1"``, ``"sample-lowrank-normal-k1-r1"``.
+        ``"fwd-lowrank-normal-k1-r1"``, ``"sample-lowrank-normal-k1-r1"``, ``"activity-normal-k1"``
+        (activity perturbation, Ren et al. 2023, K noise draws per example, ReLU-masked).
       kind: ``"f"`` (the loss alone), ``"step"`` (a training step) or ``"sample"`` (drawing
         the tangents alone).
-      source: ``"backprop"`` or ``"forward"`` for steps, else None.
+      source: ``"backprop"``, ``"forward"`` or ``"activity"`` for steps, else None.
       distribution: the tangent distribution (forward steps and sampling), else None.
-      num_tangents: K (forward steps and sampling), else None.
+      num_tangents: K (forward steps and sampling; activity: noise draws), else None.
       tangents: ``"iid"`` or ``"low_rank"`` (forward steps and sampling).
       rank: r of low-rank tangents.
     """
@@ -69,9 +70,10 @@ class Method(NamedTuple):
 def default_methods(distributions: Sequence[str] = DISTRIBUTIONS,
                     num_tangents: Sequence[int] = (1, 4),
                     ranks: Sequence[int] = (1,)) -> list[Method]:
-    """f, the backprop step, and a forward step plus its sampling per (distribution, K), i.i.d.
-    and low-rank (per rank r)."""
-    out = [Method("f", "f"), Method("backprop", "step", "backprop")]
+    """f, the backprop step, a forward step plus its sampling per (distribution, K), i.i.d.
+    and low-rank (per rank r), and the activity-perturbed step (normal noise, K = 1)."""
+    out = [Method("f", "f"), Method("backprop", "step", "backprop"),
+           Method("activity-normal-k1", "step", "activity", "normal", 1)]
     for prefix, kind in (("fwd", "step"), ("sample", "sample")):
         source = "forward" if kind == "step" else None
         for dist in distributions:
@@ -90,10 +92,12 @@ def method_from_name(name: str) -> Method:
     if name in ("f", "backprop"):
         return Method(name, "f" if name == "f" else "step", None if name == "f" else name)
     dists = "|".join(DISTRIBUTIONS)
+    if (m := re.fullmatch(rf"activity-({dists})-k(\d+)", name)) and int(m[2]) >= 1:
+        return Method(name, "step", "activity", m[1], int(m[2]))
     m = re.fullmatch(rf"(fwd|sample)-(?:(lowrank)-)?({dists})-k(\d+)(?:-r(\d+))?", name)
     if not m or bool(m[2]) != bool(m[5]) or int(m[4]) < 1 or int(m[5] or 1) < 1:
         raise ValueError(f"unknown benchmark method {name!r}: use f, backprop, "
-                         f"fwd-<{dists}>-k<K>, sample-<{dists}>-k<K>, "
+                         f"fwd-<{dists}>-k<K>, sample-<{dists}>-k<K>, activity-<{dists}>-k<K>, "
                          f"fwd-lowrank-<{dists}>-k<K>-r<R> or sample-lowrank-<{dists}>-k<K>-r<R>")
     kind = "step" if m[1] == "fwd" else "sample"
     return Method(name, kind, "forward" if kind == "step" else None, m[3], int(m[4]),
@@ -122,8 +126,8 @@ def _f_fn(loss_fn: Callable, scan_steps: int) -> Callable:
 
     def f_scan(params, images, labels):
         def body(c, _):
-            loss = loss_fn(params, images + c, labels)
-            return loss * 0.0, loss
+            loss = loss_fn(params, images + c, labels)  # a vector with local losses
+            return jnp.sum(loss) * 0.0, loss
         return jax.lax.scan(body, jnp.zeros((), images.dtype), length=scan_steps)[1]
 
     return f_scan
@@ -156,7 +160,8 @@ def _sample_fn(method: Method, scan_steps: int) -> Callable:
 def _step_parts(method: Method, loss_fn: Callable, params: PyTree, batch_size: int,
                 seed: int) -> tuple[Callable, TrainState]:
     """The training step (``make_train_step``) of a step method and its initial state."""
-    tx = build_optimizer(method.source, BENCH_LEARNING_RATE, seed, method._asdict())
+    tx = build_optimizer(method.source, BENCH_LEARNING_RATE, seed,
+                         {**method._asdict(), "num_perturbations": method.num_tangents})
     state = init_state(params, tx)
     return make_train_step(loss_fn, tx, batch_size), state
 
@@ -340,13 +345,16 @@ def loss_ms(loss_fn: Callable, params: PyTree, images: jax.Array, labels: jax.Ar
 
 
 def device_slug(env: dict[str, Any]) -> str:
-    """A file-name slug for the machine, e.g. ``"cpu-amd-epyc-2c"`` or ``"gpu-nvidia-h100"``."""
+    """A file-name slug for the machine, e.g. ``"cpu-amd-epyc-avx2-2c"`` (its vector extension
+    when recorded: two machines sold under one model name can differ in it) or
+    ``"gpu-nvidia-h100"``."""
     def slug(s: str) -> str:
         s = re.sub(r"\(r\)|\(tm\)|\bcpu\b|processor|\d+-core|@.*$", " ", s.lower())
         return re.sub(r"[^a-z0-9]+", "-", s).strip("-")
 
     if env.get("platform") == "cpu":
-        return f"cpu-{slug(str(env.get('cpu', 'unknown')))}-{env.get('cpu_cores')}c"
+        isa = f"-{env['cpu_isa']}" if env.get("cpu_isa") else ""
+        return f"cpu-{slug(str(env.get('cpu', 'unknown')))}{isa}-{env.get('cpu_cores')}c"
     device = str(env.get("device", env.get("platform", "device")))
     return f"{env.get('platform', 'gpu')}-{slug(device)}"
 

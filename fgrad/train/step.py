@@ -104,13 +104,20 @@ def batch_at(step: jax.Array, data: Data, batch_size: int,
     return data.images[idx], data.labels[idx]
 
 
+def objective(loss: jax.Array) -> jax.Array:
+    """The scalar a step minimises: the loss, or the sum of a vector of per-block losses (local
+    losses, :func:`fgrad._models.training_loss`)."""
+    return loss if jnp.ndim(loss) == 0 else jnp.sum(loss)
+
+
 def make_train_step(loss_fn: Callable[[PyTree, jax.Array, jax.Array], jax.Array],
                     tx: optax.GradientTransformationExtraArgs, batch_size: int,
                     local_indices: Callable[[jax.Array], jax.Array] | None = None) -> StepFn:
     """``train_step(state, data) -> (state, measurements)``: one update on the step's minibatch.
 
     Args:
-      loss_fn: ``loss(params, images, labels)``, the mean loss of a batch.
+      loss_fn: ``loss(params, images, labels)``, the mean loss of a batch (or a vector of
+        per-block losses, whose sum is minimised: local losses).
       tx: an optax chain whose first element is a gradient source taking ``value_fn``.
       batch_size: B.
       local_indices: see :func:`batch_at` (data parallelism).
@@ -121,7 +128,7 @@ def make_train_step(loss_fn: Callable[[PyTree, jax.Array, jax.Array], jax.Array]
 
     def train_step(state: TrainState, data: Data) -> tuple[TrainState, Measurements]:
         images, labels = batch_at(state.step, data, batch_size, local_indices)
-        value_fn = lambda p: loss_fn(p, images, labels)
+        value_fn = lambda p: objective(loss_fn(p, images, labels))
         # loss_fn and batch too: sources that need per-example losses (activity perturbation)
         updates, opt_state = tx.update(state.params, state.opt_state, state.params,
                                        value_fn=value_fn, loss_fn=loss_fn,
@@ -163,7 +170,7 @@ def make_diagnostics_fn(loss_fn: Callable, source: optax.GradientTransformationE
         src_state = source.init(state.params)._replace(
             key=optax.tree_utils.tree_get(state.opt_state, "key"))
         _, src = source.update(state.params, src_state, state.params,
-                               value_fn=lambda p: loss_fn(p, images, labels))
+                               value_fn=lambda p: objective(loss_fn(p, images, labels)))
         return {**src.diagnostics, "directional_derivative": src.directional_derivatives[0]}
 
     return diag

@@ -151,7 +151,7 @@ def case_ratios(per: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     if f and bp:
         out["backprop"] = {"R_b": bp / f}
     for name, row in per.items():
-        if row["kind"] != "step" or row["source"] != "forward":
+        if row["kind"] != "step" or row["source"] not in ("forward", "activity"):
             continue
         r: dict[str, float] = {}
         if f:

@@ -7,7 +7,9 @@ devices), sums the operand bytes of the all-reduces in its HLO (:func:`allreduce
 trains a few SGD steps on random MNIST-shaped data on D devices and on one device to report the
 largest parameter difference (:func:`train_synthetic`, :func:`compare_runs`). A forward-gradient
 step all-reduces K + 1 float32 scalars (the K directional derivatives and the loss); a backprop
-step all-reduces the whole gradient, 4n bytes for n parameters.
+step all-reduces the whole gradient, 4n bytes for n parameters; so does an activity-perturbed
+step (each device's estimate is a weight-sized sum over its examples, so the mean over devices
+is an all-reduce of n numbers); a low-rank forward step K + 1 scalars, like i.i.d. tangents.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def train_synthetic(model: nn.Module, method: str, cfg: dict[str, Any], mesh: Me
 
     Args:
       model: a flax module from :func:`fgrad._models.make_model`.
-      method: ``"forward"`` or ``"backprop"``.
+      method: ``"forward"``, ``"activity"`` or ``"backprop"``.
       cfg: estimator options for the forward gradient (e.g. ``{"num_tangents": 2}``).
       mesh: a mesh from :func:`data_mesh`, or None for the plain step on the default device.
       batch_size: the global minibatch size.
@@ -142,8 +144,12 @@ def compare_runs(single: SyntheticRun, parallel: SyntheticRun) -> dict[str, Any]
             "max_abs_update": float(np.max(np.abs(single.final - single.initial)))}
 
 def variants(cfg: ConfigDict) -> list[tuple[str, dict[str, Any]]]:
-    """(method, estimator options) of every measured step."""
+    """(method, estimator options) of every measured step: forward gradients with i.i.d. and
+    with low-rank tangents, activity perturbation, backprop."""
     return ([("forward", {"num_tangents": k}) for k in cfg.forward_num_tangents]
+            + [("forward", {"num_tangents": k, "tangents": "low_rank"})
+               for k in cfg.low_rank_num_tangents]
+            + [("activity", {"num_perturbations": k}) for k in cfg.activity_num_perturbations]
             + [("backprop", {})])
 
 
@@ -167,7 +173,9 @@ def run(cfg: ConfigDict, out_dir: Path, opts: RunOptions) -> None:
             row = {"model": name, "method": method, **est,
                    **compare_runs(single, train_synthetic(model, method, est, mesh, **train))}
             rows.append(row)
-            print(f"{name:5} {method:8} {est.get('num_tangents', ''):>2} "
+            label = f"{method}-lowrank" if est.get("tangents") == "low_rank" else method
+            k = est.get("num_tangents", est.get("num_perturbations", ""))
+            print(f"{name:5} {label:8} {k:>2} "
                   f"{row['num_params']:>9,} {row['allreduce_bytes']:>18,} "
                   f"{row['gradient_bytes']:>11,} {row['max_abs_diff']:>18.2e} "
                   f"{row['max_abs_update']:>12.2e}", flush=True)

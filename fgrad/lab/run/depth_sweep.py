@@ -21,7 +21,7 @@ from fgrad.lab.build import build_model, steps_per_call
 from fgrad.lab.config import to_dict
 from fgrad.lab.run import RunOptions
 
-DEPTH_METHODS = ("f", "backprop", "fwd-normal-k1")
+DEPTH_METHODS = ("f", "backprop", "fwd-normal-k1", "fwd-lowrank-normal-k1-r1")
 
 
 def memory_breakdown(full: dict[str, int], at_half: dict[str, int], batch_size: int,

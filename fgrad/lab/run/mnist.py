@@ -27,11 +27,18 @@ from ml_collections import ConfigDict
 from fgrad._env import environment
 from fgrad._memory import compiled_memory, device_peak_bytes, process_peak_rss_bytes
 from fgrad._mnist import Mnist, load_mnist
-from fgrad._results import JsonlWriter, config_changes, is_done, write_json
+from fgrad._results import (
+    JsonlWriter,
+    best_learning_rate,
+    config_changes,
+    is_done,
+    read_json,
+    write_json,
+)
 from fgrad._schedules import check_learning_rate
 from fgrad.lab.build import METHODS, build_model, build_optimizer, build_state, make_source
 from fgrad.lab.build import steps_per_call as choose_steps_per_call
-from fgrad.lab.config import defaults, mnist_runs, to_dict, variants
+from fgrad.lab.config import defaults, mnist_runs, run_name, to_dict, variants
 from fgrad.lab.run import RunOptions
 from fgrad.lab.timing import loss_ms
 from fgrad.train.checkpoint import RunCheckpointer, config_fingerprint
@@ -71,27 +78,52 @@ def check(cfg: Mapping[str, Any]) -> None:
         check_learning_rate(lr)
 
 
+def best_rate_runs(cfg: Mapping[str, Any], out_dir: Path) -> list[tuple]:
+    """The runs of ``cfg.best_rate_seeds``: each variant's extra seeds at the rate its sweep
+    (``cfg.seeds`` over its learning rates) found best (:func:`fgrad._results.
+    best_learning_rate`); none for a variant whose sweep is not complete in ``out_dir`` yet."""
+    extra = [int(s) for s in cfg.get("best_rate_seeds") or []]
+    by_variant: dict[str, list[tuple]] = {}
+    for run in mnist_runs(cfg) if extra else []:
+        by_variant.setdefault(run[0]["variant"], []).append(run)
+    out = []
+    for variant, runs in by_variant.items():
+        summaries = [read_json(p) for *_, name in runs
+                     if (p := out_dir / f"{name}.json").exists()]
+        lr = best_learning_rate(summaries, [int(k) for k in runs[0][0]["seeds"]])
+        out += [(runs[0][0], lr, k, run_name(variant, lr, k)) for k in extra
+                if lr is not None and k not in runs[0][0]["seeds"]]
+    return out
+
+
 def run(cfg: ConfigDict, out_dir: Path, opts: RunOptions) -> None:
-    """Trains every run of ``cfg`` not already complete in ``out_dir``."""
+    """Trains every run of ``cfg`` not already complete in ``out_dir``, then the extra seeds at
+    each variant's best rate (``best_rate_seeds``)."""
     check(cfg)
     runs = mnist_runs(cfg)
-    names = {f"{run[3]}.json" for run in runs}
+    names = {f"{run[3]}.json" for run in runs + best_rate_runs(cfg, out_dir)}
     for stale in sorted(p.name for p in out_dir.glob("*.json") if p.name not in names):
         print(f"[stale] {out_dir / stale} is not a run of this config, but figures and the "
               "report still read it: delete it (and its .jsonl) if it is not wanted")
+    data: list[Mnist] = []  # loaded once, when a run needs it
+    _train_all(cfg, runs, out_dir, opts, data)
+    _train_all(cfg, best_rate_runs(cfg, out_dir), out_dir, opts, data)
+
+
+def _train_all(cfg: ConfigDict, runs: list[tuple], out_dir: Path, opts: RunOptions,
+               data: list[Mnist]) -> None:
     todo = []
     for run_cfg, lr, seed, name in runs:
         if opts.force or not is_done(out_dir / f"{name}.json", run_cfg, MNIST_DEFAULTS):
             todo.append((run_cfg, lr, seed, name))
         else:
             print(f"[skip] {out_dir / name} is complete (FORCE=1 / --force reruns it)")
-    if not todo:
-        return
-    data = load_mnist(opts.mnist_dir)
+    if todo and not data:
+        data.append(load_mnist(opts.mnist_dir))
     for run_cfg, lr, seed, name in todo:
         if opts.force:  # a rerun from step 0, whatever checkpoint an earlier run left
             shutil.rmtree(out_dir / CHECKPOINTS / name, ignore_errors=True)
-        s = train_run(run_cfg, data, run_cfg["method"], lr, seed, out_dir, name)
+        s = train_run(run_cfg, data[0], run_cfg["method"], lr, seed, out_dir, name)
         ev = s.get("final_eval") or {}
         print(f"{cfg.name}/{name}: {s['status']}, {s['steps_done']} steps, "
               f"{s['ms_per_step'] or float('nan'):.2f} ms/step, train loss "

@@ -1,0 +1,78 @@
+"""The sweep's one selection rule (fgrad._results.best_learning_rate), the runner's extra seeds
+at each variant's best rate (best_rate_seeds), the report's agreement with it, and the median
+step time of a run (fgrad.analysis.metrics.step_ms)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fgrad._results import best_learning_rate, write_json
+from fgrad.analysis.metrics import best_rates, step_ms
+from fgrad.analysis.runs import MnistRun, load_mnist_runs
+from fgrad.lab.config import defaults, finalize
+from fgrad.lab.run.mnist import best_rate_runs
+
+
+def _summary(variant, lr, seed, loss, status="complete"):
+    return {"experiment": "x", "method": "backprop", "variant": variant, "learning_rate": lr,
+            "seed": seed, "status": status, "steps": 10, "steps_done": 10,
+            "final_train_loss": loss, "ms_per_step": 1.0, "steps_per_call": 1,
+            "config": {"seeds": [0], "batch_size": 8}}
+
+
+def test_best_learning_rate_uses_the_sweep_seeds_and_skips_failed_rates():
+    runs = [_summary("a", 1e-3, 0, 0.5), _summary("a", 1e-2, 0, 0.4),
+            _summary("a", 1e-1, 0, 0.1, status="diverged"),
+            _summary("a", 1e-3, 1, 0.0)]  # an extra seed does not take part
+    assert best_learning_rate(runs, [0]) == 1e-2
+    assert best_learning_rate(runs, [0, 1]) == 1e-3  # the only rate with both seeds
+    assert best_learning_rate([], [0]) is None
+    assert best_learning_rate([_summary("a", 1e-3, 0, float("nan"))], [0]) is None
+
+
+def _config(**kw):
+    cfg = defaults("mnist")
+    cfg.update(name="sweep", learning_rates=[1e-3, 1e-2], seeds=[0], best_rate_seeds=[1],
+               variants=[{"name": "a", "method": "backprop"},
+                         {"name": "b", "method": "forward"}], **kw)
+    return finalize(cfg)
+
+
+def _write_run(d: Path, s: dict) -> None:
+    name = f"{s['variant']}_lr{s['learning_rate']:g}_seed{s['seed']}"
+    write_json(d / f"{name}.json", {**s, "final_eval": {"test_acc": 0.5}})
+    rows = [{"kind": "eval", "step": 0, "time": 0.0, "test_loss": 2.0, "test_acc": 0.1}]
+    rows += [{"kind": "train", "step": i, "loss": 1.0, "time": 0.001 * i} for i in range(1, 11)]
+    rows += [{"kind": "eval", "step": 10, "time": 0.01, "test_loss": 1.0, "test_acc": 0.5}]
+    (d / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_best_rate_runs_follow_the_sweep_and_the_report_agrees(tmp_path):
+    cfg = _config()
+    assert best_rate_runs(cfg, tmp_path) == []  # no sweep yet: nothing to add
+    for variant, losses in (("a", (0.5, 0.4)), ("b", (0.3, 0.9))):
+        for lr, loss in zip((1e-3, 1e-2), losses):
+            _write_run(tmp_path, _summary(variant, lr, 0, loss))
+    extra = best_rate_runs(cfg, tmp_path)
+    assert [(r[0]["variant"], r[1], r[2], r[3]) for r in extra] == [
+        ("a", 1e-2, 1, "a_lr0.01_seed1"), ("b", 1e-3, 1, "b_lr0.001_seed1")]
+    # the extra seed at the best rate does not change the choice, in the runner or the report
+    _write_run(tmp_path, _summary("a", 1e-2, 1, 5.0))
+    assert [r[1] for r in best_rate_runs(cfg, tmp_path)] == [1e-2, 1e-3]
+    runs, excluded = load_mnist_runs(tmp_path)
+    assert best_rates(runs, excluded) == {"a": 1e-2, "b": 1e-3}
+
+
+def test_step_ms_is_the_median_over_calls():
+    # 3 steps per call; calls take 30, 30, 300 (a slow one) and 30 ms
+    per_call = np.array([0.03, 0.03, 0.3, 0.03])
+    ends = np.cumsum(per_call)
+    time = np.concatenate([[e - c + c * (j + 1) / 3 for j in range(3)]
+                           for e, c in zip(ends, per_call)])
+    run = MnistRun(Path("x"), {"steps_per_call": 3, "ms_per_step": 32.5}, np.arange(1, 13),
+                   np.ones(12), time, np.zeros(2), np.zeros(2))
+    assert abs(step_ms(run) - 10.0) < 1e-9  # median 30 ms per call / 3 steps
+    one_call = MnistRun(Path("x"), {"steps_per_call": 12, "ms_per_step": 7.0},
+                        np.arange(1, 13), np.ones(12), time, np.zeros(2), np.zeros(2))
+    assert step_ms(one_call) == 7.0  # fewer than two calls: the summary's mean
