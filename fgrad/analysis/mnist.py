@@ -55,8 +55,8 @@ PAPER: dict[str, dict[float | None, dict[str, float]]] = {
 def _mnist_rows(window: int) -> list[tuple[str, str]]:
     """(metric key, row label) of an MNIST learning-rate table."""
     rows = [("f_ms", "T(f): loss on one batch, ms (one for the section: median ± std over runs)"),
-            ("ms_forward", "forward-gradient step, ms (median over compiled calls)"),
-            ("ms_backprop", "backprop step, ms (median over compiled calls)"),
+            ("ms_forward", "forward-gradient step, ms"),
+            ("ms_backprop", "backprop step, ms"),
             ("R_f", "R_f = T(fwd-grad step) / T(f)"),
             ("R_b", "R_b = T(backprop step) / T(f)"),
             ("R_f/R_b", "R_f / R_b"),
