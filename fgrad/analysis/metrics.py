@@ -95,9 +95,8 @@ def _step_memory(mem: dict[str, Any]) -> float | None:
 
 
 def step_ms(run: MnistRun) -> float | None:
-    """A run's step time in ms: the median over its compiled calls of the call's duration / S
-    (S = ``steps_per_call``; calls end at steps S, 2S, ... of the cumulative ``time`` log), or
-    the summary's mean ``ms_per_step`` when the log has fewer than two calls."""
+    """A run's step time in ms: the median over its compiled calls (ending at steps S, 2S, ...)
+    of call time / S; the summary's mean ``ms_per_step`` for a log of fewer than two calls."""
     s = max(1, int(run.summary.get("steps_per_call") or 1))
     ends = run.time[s - 1::s]
     if len(ends) < 2:
@@ -272,8 +271,7 @@ BackpropTimes = dict[tuple[int, float | None], float]
 
 
 def backprop_ms(runs: Iterable[MnistRun]) -> BackpropTimes:
-    """:func:`step_ms` of the complete backprop runs (mean over backprop variants) by (seed, η₀),
-    and by (seed, None) over all η₀ of the seed."""
+    """:func:`step_ms` of complete backprop runs (variants averaged) by (seed, η₀), (seed, None)."""
     per: dict[tuple[int, float | None], list[float | None]] = {}
     for r in runs:
         if r.method == "backprop":
