@@ -53,9 +53,9 @@ def _sweep_rows(runs: list[MnistRun], excluded: list[Excluded], best: dict[str, 
     return out
 
 
-def best_rows(runs: list[MnistRun], excluded: list[Excluded]) -> list[dict]:
-    """Per variant at its best η₀: every seed's test error, step time and memory."""
-    best = best_rates(runs, excluded)
+def best_rows(runs: list[MnistRun], best: dict[str, float]) -> list[dict]:
+    """Per variant at its best η₀ (``best``: :func:`best_rates`): test error, step time,
+    memory."""
     groups = group_variants(runs)
     at_best = {v: groups[v][lr] for v, lr in best.items()}
     bp = at_best.get("backprop", {})
@@ -106,7 +106,7 @@ def section(exp_dir: Path) -> list[str]:
              "on-device training set. All runs made one after another on one machine.", "",
              "**Sweep**", ""]
     lines += markdown_table(SWEEP_HEADER, _sweep_rows(runs, excluded, best))
-    table = best_rows(runs, excluded)
+    table = best_rows(runs, best)
     lines += ["", "**Each method at its best η₀**", ""]
     lines += markdown_table(BEST_HEADER, [
         [LABELS.get(r["variant"], r["variant"]), f"{r['lr']:g}", str(r["seeds"]),

@@ -19,8 +19,8 @@ from fgrad.analysis.metrics import (
     group_variants,
     step_ms,
     steps_to_reach,
+    time_to_reach,
 )
-from fgrad.analysis.metrics import time_to_reach as _time_to
 from fgrad.analysis.plotting import _new_figure, curve_colors, loss_panels, variant_curves
 from fgrad.analysis.runs import MnistRun, load_mnist_runs
 from fgrad.analysis.tables import excluded_lines, fmt, format_stat, markdown_table, setup_line
@@ -40,10 +40,7 @@ def _tangents(run: MnistRun) -> str:
 
 def _by_variant(runs: list[MnistRun]) -> dict[str, dict[int, MnistRun]]:
     """Runs by variant then seed (one learning rate per variant: the first)."""
-    out = {}
-    for variant, by_lr in group_variants(runs).items():
-        out[variant] = next(iter(by_lr.values()))
-    return out
+    return {v: next(iter(by_lr.values())) for v, by_lr in group_variants(runs).items()}
 
 
 def rows(runs: list[MnistRun]) -> list[dict]:
@@ -59,7 +56,7 @@ def rows(runs: list[MnistRun]) -> list[dict]:
             if s in bp:
                 target = best_loss(bp[s])
                 per_seed[s] = (steps_to_reach(r, target),
-                               _time_to(r, target) / _time_to(bp[s], target))
+                               time_to_reach(r, target) / time_to_reach(bp[s], target))
         ms = aggregate(step_ms(r) for r in seeds.values())
         first = next(iter(seeds.values()))
         out.append({"variant": variant, "tangents": _tangents(first), "seeds": len(seeds),
