@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=10 tests
 
 reproduce: install
 	$(PY) -m fgrad reproduce --preset $(PRESET) --out $(OUT) $(if $(filter 1,$(FORCE)),--force,)

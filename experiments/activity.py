@@ -20,17 +20,11 @@ gradients stopped between the blocks: backprop so becomes local greedy backprop)
 
 import sys
 
-from fgrad.lab.config import experiment
+from fgrad.lab.config import experiment, local_loss_variants
 
 MODEL = {"width": 1024, "depth": 2, "init_scheme": "pytorch"}
-LOCAL = {**MODEL, "local_losses": True, "head_hidden": 0}
-VARIANTS = [
-    {"name": "backprop", "method": "backprop"},
-    {"name": "backprop_local", "method": "backprop", "model_kwargs": LOCAL},
-    {"name": "forward", "method": "forward"},
-    {"name": "activity", "method": "activity"},
-    {"name": "activity_local", "method": "activity", "model_kwargs": LOCAL},
-]
+VARIANTS = local_loss_variants(MODEL)
+
 PRESETS = {
     "cpu": {"seeds": [0], "best_rate_seeds": [1]},
     "paper": {"seeds": [0, 1, 2], "best_rate_seeds": [3, 4, 5]},

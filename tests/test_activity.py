@@ -14,7 +14,7 @@ from fgrad._activity import _find_calls, activity_gradient, activity_layers
 from fgrad._tangents import sample_tangents
 from fgrad.lab.build import make_source
 from fgrad.lab.config import defaults, finalize, override
-from fgrad.train.step import Data, init_state, make_train_step
+from fgrad.train.step import Data, init_state, make_diagnostics_fn, make_train_step
 
 B = 8
 
@@ -281,6 +281,29 @@ def test_bad_calls_and_configs_are_one_line_errors():
     cfg = _named()
     with pytest.raises(ValueError, match="'mask_relu' of 't' takes a bool, got 'no'"):
         override(cfg, "mask_relu", "no")
+
+
+def test_training_diagnostics_describe_the_next_steps_estimate():
+    """The loop's diagnostics for activity perturbation compare the very estimate the next step
+    applies (plain SGD: Δθ = −η ĝ) with the exact minibatch gradient."""
+    cfg = _named()
+    params, loss, batch = _setup("mlp")
+    lr = 0.1
+    tx = fgrad.make_optimizer(make_source("activity", 3, cfg), lr, decay=0.0)
+    data = Data(batch[0], batch[1], jnp.arange(B, dtype=jnp.int32)[None])
+    state = init_state(params, tx)
+    diag = jax.jit(make_diagnostics_fn(loss, make_source("activity", 3, cfg), B))
+    step = jax.jit(make_train_step(loss, tx, B))
+    for _ in range(2):  # at step 0 and after one update (a new key)
+        d = diag(state, data)
+        new = step(state, data)[0]
+        applied = jax.tree.map(lambda a, b: (a - b) / lr, state.params, new.params)
+        want = fgrad.gradient_diagnostics(applied, jax.grad(loss)(state.params, *batch))
+        np.testing.assert_allclose(float(d["cosine"]), float(want["cosine"]), rtol=1e-4)
+        np.testing.assert_allclose(float(d["norm_ratio"]), float(want["norm_ratio"]),
+                                   rtol=1e-4)
+        assert -1.0 < float(d["cosine"]) < 1.0  # unlike a K = 1 weight perturbation, not ≥ 0
+        state = new
 
 
 def test_cos2_at_init_is_far_above_weight_perturbation(mnist_dir):

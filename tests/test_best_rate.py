@@ -76,3 +76,31 @@ def test_step_ms_is_the_median_over_calls():
     one_call = MnistRun(Path("x"), {"steps_per_call": 12, "ms_per_step": 7.0},
                         np.arange(1, 13), np.ones(12), time, np.zeros(2), np.zeros(2))
     assert step_ms(one_call) == 7.0  # fewer than two calls: the summary's mean
+
+
+def test_activity_section_flags_best_rates_at_the_sweep_edge(tmp_path):
+    from fgrad.analysis.activity import section
+
+    # a: best at 1e-2, the largest rate (an edge); b: best at 1e-2 of three rates (inside)
+    for variant, losses in (("a", (0.5, 0.4)), ("b", (0.3, 0.1, 0.9))):
+        for lr, loss in zip((1e-3, 1e-2, 1e-1), losses):
+            _write_run(tmp_path, {**_summary(variant, lr, 0, loss), "variant": variant})
+    text = "\n".join(section(tmp_path))
+    edge = next(line for line in text.splitlines() if line.startswith("**Sweep edges.**"))
+    assert "a (η₀ = 0.01, sweep 0.001–0.01)" in edge and "b (" not in edge
+
+
+def test_local_loss_variants_are_the_five_methods_of_both_comparisons():
+    from fgrad.lab.config import local_loss_variants
+    from fgrad.lab.registry import get
+
+    v = local_loss_variants({"init_scheme": "pytorch"}, head_hidden=16)
+    assert [(x["name"], x["method"]) for x in v] == [
+        ("backprop", "backprop"), ("backprop_local", "backprop"), ("forward", "forward"),
+        ("activity", "activity"), ("activity_local", "activity")]
+    assert v[1]["model_kwargs"] == {"init_scheme": "pytorch", "local_losses": True,
+                                    "head_hidden": 16}
+    for name, model in (("activity", "mlp"), ("activity_cnn", "cnn")):
+        cfg = get(name).config("cpu")
+        assert cfg.model == model and [x["name"] for x in cfg.variants] == [x["name"] for x in v]
+        assert cfg.variants[4]["model_kwargs"]["local_losses"] is True

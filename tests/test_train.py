@@ -104,6 +104,15 @@ def test_diagnostics_are_logged_for_forward_runs(mnist, tmp_path):
         assert np.isfinite(d["directional_derivative"])
 
 
+def test_diagnostics_are_logged_for_activity_runs_and_not_for_backprop(mnist, tmp_path):
+    train_run(_cfg("logreg", 40, diagnostics_every=20), mnist, "activity", 0.01, 0, tmp_path, "a")
+    diags = [r for r in read_jsonl(tmp_path / "a.jsonl") if r["kind"] == "diag"]
+    assert [d["step"] for d in diags] == [1, 21]
+    assert all(-1.0 < d["cosine"] < 1.0 and d["norm_ratio"] > 0 for d in diags)
+    train_run(_cfg("logreg", 20, diagnostics_every=20), mnist, "backprop", 0.01, 0, tmp_path, "b")
+    assert not [r for r in read_jsonl(tmp_path / "b.jsonl") if r["kind"] == "diag"]
+
+
 def test_killed_experiment_script_keeps_what_it_logged(mnist_dir, tmp_path):
     env = {**os.environ, "FGRAD_MNIST_DIR": str(mnist_dir), "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, str(ROOT / "experiments" / "logreg.py"), "--steps", "100000",

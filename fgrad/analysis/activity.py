@@ -113,7 +113,20 @@ def section(exp_dir: Path) -> list[str]:
          format_stat(r["err"]), fmt(r["gap"], "+.2f"), format_stat(r["ms"]),
          fmt(r["step_ratio"], ".3f"), format_stat(r["mem"])] for r in table])
     sentence = _target_sentence(table)
-    return lines + (["", sentence] if sentence else []) + excluded_lines(excluded)
+    edge = _edge_sentence(runs, best)
+    return (lines + (["", sentence] if sentence else []) + (["", edge] if edge else [])
+            + excluded_lines(excluded))
+
+
+def _edge_sentence(runs: list[MnistRun], best: dict[str, float]) -> str:
+    """Names the methods whose best η₀ is the sweep's largest or smallest rate (the optimum may
+    lie outside the sweep), or '' if none."""
+    groups = group_variants(runs)
+    edge = [f"{v} (η₀ = {lr:g}, sweep {min(groups[v]):g}–{max(groups[v]):g})"
+            for v, lr in best.items() if len(groups[v]) > 1 and lr in (min(groups[v]),
+                                                                        max(groups[v]))]
+    return ("**Sweep edges.** Best η₀ at an edge of the sweep, so a better rate may lie outside "
+            "it: " + "; ".join(edge) + ".") if edge else ""
 
 
 def draw(data: tuple[list[MnistRun], list[Excluded]], name: str) -> Figure | None:
@@ -137,7 +150,13 @@ def draw(data: tuple[list[MnistRun], list[Excluded]], name: str) -> Figure | Non
     for ax, x in ((axes[0, 0], "epoch"), (axes[0, 1], "wall time (s)")):
         ax.set_yscale("log")
         style_axes(ax, x, "test error (%)", f"test error vs {x.split(' (')[0]}")
-    axes[0, 1].get_legend().remove()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    for ax in axes[0]:
+        ax.get_legend().remove()
+    width, height = fig.get_size_inches()  # the legend goes below the panels, covering no data
+    fig.set_size_inches(width, height + 1.0)
+    fig.subplots_adjust(bottom=(0.55 + 1.0) / (height + 1.0), top=1 - 0.75 / (height + 1.0))
+    fig.legend(handles, labels, loc="lower center", ncol=1, fontsize=7, frameon=False)
     fig.suptitle(f"{name}: each method at its best η₀ (mean over seeds, thin: each seed)",
                  fontsize=11)
     return fig

@@ -221,9 +221,10 @@ def curve_colors(curves: Sequence[tuple[Hashable, str]]) -> dict[Hashable, str]:
     used: dict[str, int] = {}
     colors = {}
     for key, method in curves:
-        palette = PALETTES.get(method, PALETTES["forward"])
-        colors[key] = palette[used.get(method, 0) % len(palette)]
-        used[method] = used.get(method, 0) + 1
+        family = method if method in PALETTES else "forward"  # others share forward's palette
+        palette = PALETTES[family]
+        colors[key] = palette[used.get(family, 0) % len(palette)]
+        used[family] = used.get(family, 0) + 1
     return colors
 
 

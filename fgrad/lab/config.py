@@ -333,6 +333,20 @@ def variants(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
                                                  for m in cfg["methods"]]
 
 
+def local_loss_variants(model_kwargs: Mapping[str, Any], head_hidden: int = 0
+                        ) -> list[dict[str, Any]]:
+    """The five methods of an activity-perturbation comparison (``experiments/activity*.py``):
+    backprop, local greedy backprop, weight perturbation, activity perturbation and activity
+    perturbation with local losses; the local ones add ``local_losses=True`` and
+    ``head_hidden`` to ``model_kwargs``."""
+    local = {**model_kwargs, "local_losses": True, "head_hidden": head_hidden}
+    return [{"name": "backprop", "method": "backprop"},
+            {"name": "backprop_local", "method": "backprop", "model_kwargs": local},
+            {"name": "forward", "method": "forward"},
+            {"name": "activity", "method": "activity"},
+            {"name": "activity_local", "method": "activity", "model_kwargs": local}]
+
+
 def run_name(variant: str, learning_rate: float, seed: int) -> str:
     """File stem of one MNIST run, e.g. ``forward_lr0.0002_seed0``."""
     return f"{variant}_lr{learning_rate:g}_seed{seed}"

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from fgrad._models import accuracy, cross_entropy_loss
+from fgrad._transforms import gradient_diagnostics
 from fgrad._types import PyTree
 
 Measurements = dict[str, jax.Array]
@@ -157,21 +158,25 @@ def make_diagnostics_fn(loss_fn: Callable, source: optax.GradientTransformationE
                         batch_size: int) -> Callable[[TrainState, Data], dict[str, jax.Array]]:
     """``diag(state, data)``: quality of the gradient estimate the next step will use.
 
-    ``source`` is the run's forward-gradient source built with ``diagnostics=True``; applied to
-    the run's own source state (same key, same batch) it reproduces the next step's estimate and
-    compares it with the exact minibatch gradient (backprop, for the diagnostic only; the
-    training step itself never computes it): cosine similarity, norm ratio ‖g‖/‖∇f‖ and the
-    first directional derivative ∇f·v.
+    ``source`` is the run's gradient source (a forward-gradient one built with
+    ``diagnostics=True``, or activity perturbation); applied to the run's own source state (same
+    key, same batch) it reproduces the next step's estimate, which is compared with the exact
+    minibatch gradient (backprop, for the diagnostic only; the training step itself never
+    computes it): cosine similarity, norm ratio ‖g‖/‖∇f‖, and for forward gradients the first
+    directional derivative ∇f·v.
     """
 
     def diag(state: TrainState, data: Data) -> dict[str, jax.Array]:
         images, labels = batch_at(state.step, data, batch_size)
+        value_fn = lambda p: objective(loss_fn(p, images, labels))
         # the run's next tangents: its source's key, read by field name from the chain's state
         src_state = source.init(state.params)._replace(
             key=optax.tree_utils.tree_get(state.opt_state, "key"))
-        _, src = source.update(state.params, src_state, state.params,
-                               value_fn=lambda p: objective(loss_fn(p, images, labels)))
-        return {**src.diagnostics, "directional_derivative": src.directional_derivatives[0]}
+        estimate, src = source.update(state.params, src_state, state.params, value_fn=value_fn,
+                                      loss_fn=loss_fn, batch=(images, labels))
+        if hasattr(src, "diagnostics"):  # forward gradient: computed by the source itself
+            return {**src.diagnostics, "directional_derivative": src.directional_derivatives[0]}
+        return gradient_diagnostics(estimate, jax.grad(value_fn)(state.params))
 
     return diag
 

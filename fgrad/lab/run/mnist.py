@@ -143,7 +143,8 @@ def _schedule(cfg: Mapping[str, Any], method: str) -> tuple[int, int, int, int, 
     steps = _positive(cfg, "steps", cfg["steps"])
     batch_size = _positive(cfg, "batch_size", cfg["batch_size"])
     eval_every = _positive(cfg, "eval_every", cfg["eval_every"] or steps)
-    diag_every = int(cfg["diagnostics_every"] or 0) if method == "forward" else 0
+    diag_every = (int(cfg["diagnostics_every"] or 0) if method in ("forward", "activity")
+                  else 0)
     chunk = choose_steps_per_call(cfg["model"], jax.default_backend(), cfg["steps_per_call"],
                                   steps, eval_every, diag_every)  # unset: one that fits them
     if steps % chunk or eval_every % chunk:
