@@ -3,9 +3,9 @@ at a length that fits a 2-core CPU (beyond the paper; the MLP's comparison is
 ``experiments/activity.py``).
 
 Run:
-  python experiments/activity_cnn.py --preset cpu    # 5 methods × 2 rates (seed 0), then seed 1
-                                                     #   at each method's best rate: 15 runs of
-                                                     #   470 steps (half an epoch), ~25 min
+  python experiments/activity_cnn.py --preset cpu    # 5 methods × 3 rates (seed 0), then seed 1
+                                                     #   at each method's best rate: 20 runs of
+                                                     #   470 steps (half an epoch), ~30 min
                                                      #   → results/cpu/activity_cnn
   python experiments/activity_cnn.py --preset paper  # 10 epochs, seeds 0-2, 3 more at the best
 
@@ -24,7 +24,7 @@ from fgrad.lab.config import experiment, local_loss_variants
 MODEL = {"init_scheme": "pytorch"}
 STEPS, EVAL = 470, 235  # half an epoch (30,080 examples), test error twice: what fits
 PRESETS = {
-    "cpu": {"seeds": [0], "best_rate_seeds": [1], "learning_rates": [3e-4, 1e-3]},
+    "cpu": {"seeds": [0], "best_rate_seeds": [1], "learning_rates": [1e-4, 3e-4, 1e-3]},
     "paper": {"seeds": [0, 1, 2], "best_rate_seeds": [3, 4, 5], "steps": 9_400,
               "eval_every": 940, "learning_rates": [3e-4, 1e-3, 3e-3]},
 }

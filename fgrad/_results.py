@@ -111,7 +111,11 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 # Top-level config keys that name, order or place an experiment, or only say how often it
 # checkpoints (resuming is bit-identical): changing them changes no result, so results made
 # before the change still count as this config's.
-NOT_RESULTS = ("title", "order", "group", "report", "results_dir", "checkpoint_every")
+# Keys that change no run's numbers: labels, where results go, how often to checkpoint, and
+# the sweep's list of rates (each run has its own ``learning_rate``, so a sweep can be widened
+# without rerunning the runs it already has).
+NOT_RESULTS = ("title", "order", "group", "report", "results_dir", "checkpoint_every",
+               "learning_rates")
 
 
 def config_changes(old: Any, new: Any, prefix: str = "",

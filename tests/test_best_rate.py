@@ -104,3 +104,12 @@ def test_local_loss_variants_are_the_five_methods_of_both_comparisons():
         cfg = get(name).config("cpu")
         assert cfg.model == model and [x["name"] for x in cfg.variants] == [x["name"] for x in v]
         assert cfg.variants[4]["model_kwargs"]["local_losses"] is True
+
+
+def test_widening_a_sweep_keeps_its_runs_but_other_changes_do_not():
+    from fgrad._results import config_changes
+
+    old = {"learning_rates": [1e-3], "steps": 10, "seeds": [0]}
+    assert config_changes(old, {**old, "learning_rates": [1e-4, 1e-3]}) == []
+    assert config_changes(old, {**old, "steps": 20}) == ["steps: 10 → 20"]
+    assert config_changes(old, {**old, "seeds": [0, 1]})  # the sweep's seeds choose the best
