@@ -38,7 +38,10 @@ def test_quick_bench_writes_json_and_markdown(tmp_path):
         assert row["ms"] > 0 and set(row["time"]) == {"python", "scan"}, name
         assert row["flops"] > 0 and row["gflops_per_s"] > 0, name
         assert row["memory"]["peak_estimate"] > 0 and row["compile_s"]["python"] > 0, name
-    assert case["ratios"]["backprop"]["R_b"] > 1
+    # ratios agree with the times beside them (their size is the benchmark's to report: a
+    # 2-round quick run of logistic regression cannot order f and backprop reliably)
+    times = {k: row["ms"] for k, row in case["methods"].items()}
+    assert case["ratios"]["backprop"]["R_b"] == pytest.approx(times["backprop"] / times["f"])
     fwd = case["ratios"]["fwd-normal-k1"]
     assert {"R_f", "fwd_over_bp", "sampling_share"} <= set(fwd)
     assert 0 < fwd["sampling_share"] < 5
