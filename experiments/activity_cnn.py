@@ -11,8 +11,9 @@ Run:
 
 The CNN of the paper (four 3×3 convolutions with 64 channels, 2×2 max-pool after the 2nd and 4th,
 dense 1024, dense 10), PyTorch's initialisation; Adam for every method, η_i = η₀·e^(−ik) with
-k = 1e-4, batch 64, test error after every 235 steps. The best η₀ of a method is the one with the
-lowest final training loss of the sweep's seeds (the test set is never used to choose). Local
+k = 1e-4, batch 64, test error after every 235 steps (paper preset: every 940). The best η₀ of
+a method is the one with the lowest final training loss of the sweep's seeds (the test set is
+never used to choose). Local
 losses: a block per conv pair + pool, each but the last with a linear classifier on its globally
 average-pooled features, gradients stopped between the blocks.
 """

@@ -108,12 +108,10 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
-# Top-level config keys that name, order or place an experiment, or only say how often it
-# checkpoints (resuming is bit-identical): changing them changes no result, so results made
-# before the change still count as this config's.
-# Keys that change no run's numbers: labels, where results go, how often to checkpoint, and
-# the sweep's list of rates (each run has its own ``learning_rate``, so a sweep can be widened
-# without rerunning the runs it already has).
+# Top-level config keys that name, order or place an experiment, only say how often it
+# checkpoints (resuming is bit-identical), or list a sweep's rates (each run has its own
+# ``learning_rate``, so a sweep can be widened without rerunning the runs it has): changing them
+# changes no result, so results made before the change still count as this config's.
 NOT_RESULTS = ("title", "order", "group", "report", "results_dir", "checkpoint_every",
                "learning_rates")
 
