@@ -5,7 +5,8 @@ Public API:
 * :func:`forward_gradient` — the estimator ``(∇f·v) v`` via ``jax.jvp``.
 * :func:`forward_gradient_source`, :func:`backprop_source` — gradient sources as optax
   transformations, chained with any optax optimizer.
-* :func:`paper_schedule`, :func:`make_optimizer` — η_i = η₀·e^(−ik) and the chain around it.
+* :func:`paper_schedule`, :func:`make_optimizer`, :func:`clip_global_norm` — η_i = η₀·e^(−ik)
+  and the chain around it (optionally clipped).
 * :func:`load_mnist` (IDX files or TFDS), Flax models :func:`make_model` (logreg, mlp, cnn),
   :func:`cross_entropy_loss`; local losses (``local_losses=True``, per-block classifiers):
   :func:`block_losses`, :func:`training_loss`.
@@ -44,7 +45,7 @@ from fgrad._models import (
     make_model,
     training_loss,
 )
-from fgrad._schedules import make_optimizer, paper_schedule
+from fgrad._schedules import clip_global_norm, make_optimizer, paper_schedule
 from fgrad._tangents import sample_tangents
 from fgrad._transforms import (
     SOURCES,
@@ -89,6 +90,7 @@ __all__ = [
     "forward_gradient_source",
     "gradient_diagnostics",
     "make_optimizer",
+    "clip_global_norm",
     "paper_schedule",
     "rosenbrock",
     "sample_low_rank_tangents",

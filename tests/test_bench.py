@@ -150,3 +150,37 @@ def test_ratios_breakdown_names_and_slug():
                         "cpu_cores": 2}) == "cpu-amd-epyc-avx2-2c"
     assert device_slug({"platform": "gpu", "device": "NVIDIA H100 80GB HBM3"}) == \
         "gpu-nvidia-h100-80gb-hbm3"
+
+
+def test_f_is_timed_on_the_minibatches_the_steps_gather():
+    # one protocol: each timed evaluation of f gathers the next step's minibatch from the data
+    # set as train_step does, so T(f) and the step times count the same work
+    from fgrad.lab.timing import compile_f, synthetic_data
+    from fgrad.train.step import batch_at
+
+    model = make_model("logreg")
+    params = init_params(model, jax.random.key(0))
+    loss = cross_entropy_loss(model)
+    data = synthetic_data(8, seed=1, num_examples=40)
+    assert data.images.shape == (40, 28, 28, 1) and sorted(data.perms[0].tolist()) == list(
+        range(40))
+    _, compiled = compile_f(loss, params, data, 8, scan_steps=3)
+    got = compiled(params, data, jnp.asarray(2, jnp.int32))
+    want = [loss(params, *batch_at(jnp.asarray(s), data, 8)) for s in (2, 3, 4)]
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6)
+    assert len({float(w) for w in want}) == 3  # three different minibatches
+
+
+def test_step_memory_leaves_the_data_set_out():
+    from fgrad.lab.timing import compile_method, data_bytes, memory, synthetic_data
+
+    model = make_model("logreg")
+    params = init_params(model, jax.random.key(0))
+    small = synthetic_data(16, num_examples=16)
+    big = synthetic_data(16, num_examples=4096)
+    m_small, m_big = (memory(compile_method(method_from_name("backprop"),
+                                            cross_entropy_loss(model), params, d, 16).compiled,
+                             data_bytes(d)) for d in (small, big))
+    assert m_big["excluded"] - m_small["excluded"] == (4096 - 16) * (784 * 4 + 4 + 4)
+    assert m_big["argument"] == m_small["argument"]
+    assert m_big["peak_estimate"] == m_small["peak_estimate"]

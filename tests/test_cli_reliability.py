@@ -79,6 +79,8 @@ def quick(tmp_path_factory, mnist_dir: Path) -> dict[str, dict]:
                             str(tmp / "e50"), "--mnist-dir", nowhere], env),
         "batch_size_0": (["-m", "fgrad", "run", "logreg", "--config.batch_size=0", "--out",
                           str(tmp / "b0"), "--mnist-dir", nowhere], env),
+        "clip_norm_-1": (["experiments/logreg.py", "--clip-norm", "-1", "--out",
+                          str(tmp / "c1"), "--mnist-dir", nowhere], env),
         "spc_not_dividing": (["experiments/logreg.py", "--steps", "30", "--steps-per-call", "20",
                               "--out", str(tmp / "spc"), "--mnist-dir", nowhere], env),
         "tf_seeds_0": (["experiments/test_functions.py", "--seeds", "0", "--out",
@@ -290,6 +292,8 @@ def test_a_signal_while_loading_is_one_line_not_a_traceback(tmp_path: Path, mnis
                        "--eval-every N"),
     ("batch_size_0", "error: batch_size must be an integer >= 1, got 0 (logreg): pass "
                      "--batch-size N"),
+    ("clip_norm_-1", "error: clip_norm must be a number >= 0 (0: no clipping), got -1.0 "
+                     "(logreg): pass --clip-norm C"),
     ("spc_not_dividing", "error: steps (30), eval_every (1000) and diagnostics_every (0) must be "
                          "multiples of steps_per_call (20) (logreg): pass --steps-per-call N"),
     ("tf_seeds_0", "error: --seeds N runs seeds 0..N-1, so N must be >= 1, got 0"),

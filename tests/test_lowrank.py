@@ -184,7 +184,8 @@ def test_low_rank_step_computes_no_kernel_sized_tangent_product():
     data = synthetic_data(batch)
     out = {}
     for name in ("f", "fwd-normal-k1", "fwd-lowrank-normal-k1-r1"):
-        c = compile_method(method_from_name(name), fgrad.cross_entropy_loss(model), params, data)
+        c = compile_method(method_from_name(name), fgrad.cross_entropy_loss(model), params, data,
+                           batch)
         full_dots = [line for line in c.compiled.as_text().splitlines()
                      if re.search(rf"= f32\[{batch},({width}|10)\]\S* dot\(", line)]
         out[name] = flops(c.compiled), len(full_dots)
@@ -213,7 +214,7 @@ def test_k_tangents_rademacher_projection_train_linear_regression():
             0, num_tangents=4, distribution="rademacher", combine=combine,
             tangents="low_rank", rank=2), optax.sgd(lr))
         step = jax.jit(make_train_step(loss, tx, 64))
-        data = synthetic_data(64)._replace(images=x, labels=y)
+        data = synthetic_data(64, num_examples=64)._replace(images=x, labels=y)
         state = init_state(params, tx)
         first = float(loss(params, x, y))
         state, m = step(state, data)
@@ -248,12 +249,12 @@ def test_data_parallel_allreduces_k_plus_one_scalars():
     mesh = data_mesh(1, 8)
     tx = build_optimizer("forward", 1e-2, 0, cfg, data_parallel=True)
     state = replicate(init_state(params, tx), mesh)
-    data = replicate(synthetic_data(8), mesh)
+    data = replicate(synthetic_data(8, num_examples=8), mesh)
     compiled = jax.jit(make_data_parallel_step(loss, tx, 8, mesh)).lower(state, data).compile()
     assert 0 < sum(allreduce_sizes(compiled.as_text())) <= 4 * (3 + 1)
     single_tx = build_optimizer("forward", 1e-2, 0, cfg)
     single = jax.jit(make_train_step(loss, single_tx, 8))(init_state(params, single_tx),
-                                                          synthetic_data(8))[0]
+                                                          synthetic_data(8, num_examples=8))[0]
     _close(compiled(state, data)[0].params, single.params, 1e-5)
 
 
@@ -274,9 +275,10 @@ mesh = data_mesh(2, 8)
 tx = build_optimizer("forward", 0.1, 0, cfg, data_parallel=True)
 state = replicate(init_state(params, tx), mesh)
 dp = jax.jit(make_data_parallel_step(loss, tx, 8, mesh))(
-    state, replicate(synthetic_data(8), mesh))[0].params
+    state, replicate(synthetic_data(8, num_examples=8), mesh))[0].params
 tx1 = build_optimizer("forward", 0.1, 0, cfg)
-one = jax.jit(make_train_step(loss, tx1, 8))(init_state(params, tx1), synthetic_data(8))[0].params
+one = jax.jit(make_train_step(loss, tx1, 8))(init_state(params, tx1),
+                                              synthetic_data(8, num_examples=8))[0].params
 moved = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(one),
                                                         jax.tree.leaves(params)))
 diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())

@@ -66,6 +66,20 @@ def test_same_seed_same_losses_and_same_start_for_both_methods(mnist, tmp_path):
     assert _train_losses(tmp_path / "a.jsonl")[0] == _train_losses(tmp_path / "bp.jsonl")[0]
 
 
+def test_clipped_runs_log_the_estimates_norm_and_unclipped_runs_do_not(mnist, tmp_path):
+    cfg = _cfg("logreg", 30)
+    train_run({**cfg, "clip_norm": 2.0}, mnist, "forward", 0.01, 3, tmp_path, "clip")
+    train_run(cfg, mnist, "forward", 0.01, 3, tmp_path, "plain")
+    rows = [r for r in read_jsonl(tmp_path / "clip.jsonl") if r["kind"] == "train"]
+    norms = [r["grad_norm"] for r in rows]
+    assert len(norms) == 30 and all(n > 0 for n in norms)
+    assert any(n > 2.0 for n in norms)  # the clip binds for some steps...
+    plain = _train_losses(tmp_path / "plain.jsonl")
+    clipped = [r["loss"] for r in rows]
+    assert clipped[0] == plain[0] and clipped != plain  # ...so the runs part after the first
+    assert all("grad_norm" not in r for r in read_jsonl(tmp_path / "plain.jsonl"))
+
+
 def test_divergence_is_detected_and_recorded(mnist, tmp_path):
     s = train_run(_cfg("logreg", 200), mnist, "backprop", 1e12, 0, tmp_path, "div")
     assert s["status"] == "diverged"

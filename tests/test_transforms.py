@@ -116,3 +116,30 @@ def test_test_functions_minima_and_shapes():
         fgrad.beale(jnp.zeros(3))
     with pytest.raises(ValueError, match="shape"):
         fgrad.rosenbrock(jnp.zeros(1))
+
+
+def test_clip_global_norm_rescales_only_above_the_bound_and_keeps_the_norm():
+    tx = fgrad.clip_global_norm(1.0)
+    small = {"w": jnp.array([0.3, 0.4], jnp.float32)}
+    big = {"w": jnp.array([3.0, 4.0], jnp.float32)}
+    out, s = tx.update(small, tx.init(small))
+    np.testing.assert_array_equal(out["w"], small["w"])  # below the bound: untouched
+    np.testing.assert_allclose(float(s.grad_norm), 0.5, rtol=1e-6)
+    out, s = tx.update(big, s)
+    np.testing.assert_allclose(out["w"], [0.6, 0.8], rtol=1e-6)
+    np.testing.assert_allclose(float(s.grad_norm), 5.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="clip_norm must be a finite number > 0"):
+        fgrad.clip_global_norm(-1.0)
+
+
+def test_clipped_chain_bounds_every_forward_gradient_step():
+    c, lr = 0.5, 1e-2
+    params = jnp.zeros((50,), jnp.float32)
+    loss = lambda p: jnp.sum((p - 3.0) ** 2)  # ‖∇f‖ = 42 at 0: the estimate is far above c
+    tx = fgrad.make_optimizer(fgrad.forward_gradient_source(0), lr, decay=0.0, clip_norm=c)
+    state = tx.init(params)
+    for _ in range(5):
+        updates, state = tx.update(params, state, params, value_fn=loss)
+        assert float(optax.tree.norm(updates)) <= lr * c * (1 + 1e-5)
+        assert float(optax.tree_utils.tree_get(state, "grad_norm")) > c
+        params = optax.apply_updates(params, updates)

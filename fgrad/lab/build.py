@@ -124,11 +124,12 @@ def build_model(name: str, model_kwargs: Mapping[str, Any], key: jax.Array) -> M
 
 def build_optimizer(method: str, learning_rate: float, seed: int, cfg: Mapping[str, Any],
                     data_parallel: bool = False) -> optax.GradientTransformationExtraArgs:
-    """``optax.chain(source, optimizer(η₀·e^(−ik)))`` of a config (``decay``, ``optimizer``
-    and the estimator options)."""
+    """``optax.chain(source, optimizer(η₀·e^(−ik)))`` of a config (``decay``, ``optimizer``,
+    ``clip_norm`` and the estimator options)."""
     source = make_source(method, seed, cfg, DATA_AXIS if data_parallel else None)
     return make_optimizer(source, learning_rate, decay=cfg.get("decay", 1e-4),
-                          optimizer=cfg.get("optimizer", "sgd"))
+                          optimizer=cfg.get("optimizer", "sgd"),
+                          clip_norm=cfg.get("clip_norm", 0.0))
 
 
 def build_state(model: Model, tx: optax.GradientTransformation) -> TrainState:

@@ -61,13 +61,15 @@ def _mnist() -> dict[str, Any]:
     compiled call measured per model and backend (method ``"activity"``: ``num_perturbations``
     K noise draws per example and ``mask_relu``, see :mod:`fgrad._activity`; None:
     :data:`fgrad.lab.build.DEFAULT_STEPS_PER_CALL`); a checkpoint every 1,000 steps (0: only
-    when interrupted); ``best_rate_seeds``: seeds run after the sweep (``seeds`` over the
+    when interrupted); ``clip_norm`` c > 0 clips each gradient estimate to global norm c (0, the
+    paper's: none); ``best_rate_seeds``: seeds run after the sweep (``seeds`` over the
     learning rates), only at each variant's best rate (lowest final training loss)."""
     return {**_estimator(), "tangents": "iid", "rank": 1, "num_perturbations": 1,
             "mask_relu": True, "model": "mlp", "model_kwargs": {},
             "steps": 1000, "seeds": [0],
             "learning_rates": [2e-4], "methods": ["forward", "backprop"], "variants": [],
-            "batch_size": 64, "decay": 1e-4, "optimizer": "sgd", "steps_per_call": _int(),
+            "batch_size": 64, "decay": 1e-4, "optimizer": "sgd", "clip_norm": 0.0,
+            "steps_per_call": _int(),
             "eval_every": _int(), "eval_examples": _int(), "diagnostics_every": 0,
             "divergence_factor": 100.0, "data_parallel": _int(), "checkpoint_every": 1000,
             "best_rate_seeds": []}
@@ -256,6 +258,11 @@ def check(cfg: Mapping[str, Any]) -> None:
             _check_tangents({**cfg, **v}, f"{name}, variant {v.get('name')!r}")
             _check_activity({**cfg, **v}, f"{name}, variant {v.get('name')!r}")
         _check_multiples(cfg, name)
+        for v in [cfg, *(cfg.get("variants") or [])]:
+            clip = v.get("clip_norm", 0.0)
+            if not isinstance(clip, (int, float)) or not 0 <= clip < float("inf"):
+                raise ValueError(f"clip_norm must be a number >= 0 (0: no clipping), got "
+                                 f"{clip!r} ({name}): pass --clip-norm C")
         for v in cfg.get("variants") or []:
             _check_multiples({**cfg, **v}, f"{name}, variant {v.get('name')!r}")
     for fn_name, fn_cfg in (cfg.get("functions") or {}).items():

@@ -4,8 +4,11 @@ A benchmark *method* (:class:`Method`) is f alone, a training step (backprop or 
 gradient with a tangent distribution and K, i.i.d. or low-rank of rank r), or drawing the
 tangents alone. Steps are built with the training layer's own
 :func:`~fgrad.train.step.make_train_step` and the experiment layer's
-:func:`~fgrad.lab.build.build_optimizer`, jitted with the state donated, on a synthetic batch
-passed as argument (so the data set never counts in memory).
+:func:`~fgrad.lab.build.build_optimizer`, jitted with the state donated, on a synthetic data set
+the size of MNIST's training set (:func:`synthetic_data`): each step, and each evaluation of f,
+gathers its minibatch from it as a training step gathers it from MNIST, so T(f) and the step
+times mean the same in the benchmark, the depth sweep and training. The data set is a call
+argument; :func:`memory` leaves its bytes out.
 
 Protocol (:func:`time_interleaved`): every callable of a case is compiled and warmed up first,
 then timed in interleaved rounds (each round runs every method once, in a rotated order, for
@@ -34,7 +37,14 @@ from fgrad._models import IMAGE_SHAPE, NUM_CLASSES
 from fgrad._tangents import DISTRIBUTIONS, sample_tangents
 from fgrad._types import PyTree
 from fgrad.lab.build import build_optimizer
-from fgrad.train.step import Data, TrainState, init_state, make_multi_step, make_train_step
+from fgrad.train.step import (
+    Data,
+    TrainState,
+    batch_at,
+    init_state,
+    make_multi_step,
+    make_train_step,
+)
 
 LOOPS = ("python", "scan")
 # A learning rate small enough that thousands of timed steps leave the parameters near their
@@ -109,28 +119,65 @@ def method_from_name(name: str) -> Method:
 # ----------------------------------------------------------------------------------------------
 
 
-def synthetic_data(batch_size: int, seed: int = 0) -> Data:
-    """One batch of random images in [0, 1) and labels, as the training loop's :class:`Data`
-    (a single epoch whose permutation is the identity)."""
-    k1, k2 = jax.random.split(jax.random.key(seed))
-    images = jax.random.uniform(k1, (batch_size, *IMAGE_SHAPE), jnp.float32)
-    labels = jax.random.randint(k2, (batch_size,), 0, NUM_CLASSES, jnp.int32)
-    return Data(images, labels, jnp.arange(batch_size, dtype=jnp.int32)[None])
+TRAIN_EXAMPLES = 60_000  # MNIST's training set
 
 
-def _f_fn(loss_fn: Callable, scan_steps: int) -> Callable:
-    """f(params, images, labels), or a scan of it whose steps depend on each other (the input is
-    shifted by 0·f of the previous step, so XLA cannot hoist f out of the loop)."""
+def synthetic_data(batch_size: int, seed: int = 0, num_examples: int = TRAIN_EXAMPLES) -> Data:
+    """A random data set of ``num_examples`` images in [0, 1) with labels and one random epoch
+    permutation, as the training loop's :class:`Data`: steps gather their minibatches from it
+    as they do from MNIST's 60,000 training images (at least one batch)."""
+    n = max(int(num_examples), batch_size)
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    images = jax.random.uniform(k1, (n, *IMAGE_SHAPE), jnp.float32)
+    labels = jax.random.randint(k2, (n,), 0, NUM_CLASSES, jnp.int32)
+    return Data(images, labels, jax.random.permutation(k3, n).astype(jnp.int32)[None])
+
+
+def data_bytes(data: Data) -> int:
+    """Bytes of a :class:`Data` (images, labels, permutations): a call argument that
+    :func:`memory` leaves out of a step's memory."""
+    return sum(int(x.nbytes) for x in data)
+
+
+def _f_fn(loss_fn: Callable, scan_steps: int, batch_size: int) -> Callable:
+    """``f(params, data, start)``: f on the minibatch of step ``start`` gathered from ``data``
+    as ``train_step`` gathers it (:func:`~fgrad.train.step.batch_at`), or a scan of f over steps
+    ``start … start + scan_steps − 1`` whose evaluations depend on each other (the input is
+    shifted by 0·f of the previous one, so XLA cannot hoist f out of the loop)."""
+
+    def f_at(params, data, step, shift):
+        images, labels = batch_at(step, data, batch_size)
+        return loss_fn(params, images + shift, labels)  # a vector with local losses
+
     if scan_steps == 1:
-        return loss_fn
+        return lambda params, data, start: f_at(params, data, start, 0.0)
 
-    def f_scan(params, images, labels):
-        def body(c, _):
-            loss = loss_fn(params, images + c, labels)  # a vector with local losses
+    def f_scan(params, data, start):
+        def body(c, step):
+            loss = f_at(params, data, step, c)
             return jnp.sum(loss) * 0.0, loss
-        return jax.lax.scan(body, jnp.zeros((), images.dtype), length=scan_steps)[1]
+        steps = start + jnp.arange(scan_steps, dtype=jnp.int32)
+        return jax.lax.scan(body, jnp.zeros((), data.images.dtype), steps)[1]
 
     return f_scan
+
+
+def compile_f(loss_fn: Callable, params: PyTree, data: Data, batch_size: int,
+              scan_steps: int = 1, compiler_options: dict[str, Any] | None = None
+              ) -> tuple[Callable[[], None], Any]:
+    """f compiled as the steps are (:func:`_f_fn`); returns ``(run, compiled)``, where each
+    ``run()`` makes one blocking call on the next ``scan_steps`` minibatches, as successive
+    training calls do."""
+    fn = jax.jit(_f_fn(loss_fn, scan_steps, batch_size))
+    start = jnp.zeros((), jnp.int32)
+    compiled = fn.lower(params, data, start).compile(compiler_options or None)
+    cell = [0]
+
+    def run():
+        jax.block_until_ready(compiled(params, data, jnp.asarray(cell[0], jnp.int32)))
+        cell[0] += scan_steps
+
+    return run, compiled
 
 
 def _sample_fn(method: Method, scan_steps: int) -> Callable:
@@ -180,7 +227,7 @@ class Compiled(NamedTuple):
 
 
 def compile_method(method: Method, loss_fn: Callable, params: PyTree, data: Data,
-                   scan_steps: int = 1, seed: int = 0,
+                   batch_size: int, scan_steps: int = 1, seed: int = 0,
                    compiler_options: dict[str, Any] | None = None) -> Compiled:
     """Compiles one method (``scan_steps`` steps per call) and wraps it for timing.
 
@@ -188,7 +235,8 @@ def compile_method(method: Method, loss_fn: Callable, params: PyTree, data: Data
       method: what to compile.
       loss_fn: ``loss(params, images, labels)``.
       params: the model's parameters (copied; steps donate their own state).
-      data: the batch (:func:`synthetic_data`).
+      data: the data set (:func:`synthetic_data`).
+      batch_size: B, the minibatch each step gathers from it.
       scan_steps: steps per call; 1 is a plain jitted step.
       seed: the tangents' seed.
       compiler_options: XLA debug options for this compilation only (e.g. to compare flags in
@@ -198,14 +246,10 @@ def compile_method(method: Method, loss_fn: Callable, params: PyTree, data: Data
       A :class:`Compiled`.
     """
     opts = compiler_options or None
-    batch_size = int(data.images.shape[0])
     t0 = time.perf_counter()
     if method.kind == "f":
-        x, y = data.images, data.labels
-        compiled = jax.jit(_f_fn(loss_fn, scan_steps)).lower(params, x, y).compile(opts)
-        compile_s = time.perf_counter() - t0
-        return Compiled(lambda: jax.block_until_ready(compiled(params, x, y)), compiled,
-                        compile_s, scan_steps)
+        run, compiled = compile_f(loss_fn, params, data, batch_size, scan_steps, opts)
+        return Compiled(run, compiled, time.perf_counter() - t0, scan_steps)
     if method.kind == "sample":
         key = jax.random.key(seed)
         compiled = jax.jit(_sample_fn(method, scan_steps)).lower(key, params).compile(opts)
@@ -237,14 +281,21 @@ def flops(compiled: Any) -> float | None:
     return float(value) if value is not None and value >= 0 else None
 
 
-def memory(compiled: Any) -> dict[str, int]:
+def memory(compiled: Any, exclude_bytes: int = 0) -> dict[str, int]:
     """XLA's memory analysis (see :func:`fgrad._memory.compiled_memory`) plus XLA's own peak
-    (``peak_memory_in_bytes``) where the backend reports it."""
+    (``peak_memory_in_bytes``) where the backend reports it, with ``exclude_bytes`` (the data
+    set's :func:`data_bytes`, an argument) taken out of ``argument``, ``peak_estimate`` and
+    ``xla_peak`` and recorded as ``excluded``."""
     out = compiled_memory(compiled)
     ma = compiled.memory_analysis()
     peak = getattr(ma, "peak_memory_in_bytes", None) if ma is not None else None
     if peak:
         out["xla_peak"] = int(peak)
+    if out and exclude_bytes:
+        for key in ("argument", "peak_estimate", "xla_peak"):
+            if key in out:
+                out[key] -= int(exclude_bytes)
+        out["excluded"] = int(exclude_bytes)
     return out
 
 
@@ -315,33 +366,35 @@ def choose_scan_steps(step_s: float, target_call_s: float, max_steps: int) -> in
 
 
 
-def loss_ms(loss_fn: Callable, params: PyTree, images: jax.Array, labels: jax.Array,
+def loss_ms(loss_fn: Callable, params: PyTree, data: Data, batch_size: int,
             scan_steps: int, budget_s: float = 3.0) -> dict[str, float]:
-    """T(f) measured the way a training step is run: one compiled call evaluates f on the batch
-    ``scan_steps`` times in a scan (each evaluation depending on the previous, as in
-    :func:`compile_method`), so the per-call dispatch is shared as it is by the steps.
+    """T(f) measured the way a training step is run: one compiled call evaluates f on
+    ``scan_steps`` successive minibatches gathered from the training data (:func:`compile_f`),
+    so the per-call dispatch and the batch gather are counted as they are for the steps.
 
     Args:
       loss_fn: ``loss(params, images, labels)``.
-      params, images, labels: its arguments (one batch).
+      params: its parameters.
+      data: the training data (:class:`~fgrad.train.step.Data`).
+      batch_size: B.
       scan_steps: evaluations per call: the run's steps per compiled call.
       budget_s: about how long the timed calls may take in all (3 to 20 calls).
 
     Returns:
       ``{"ms": median ms per evaluation, "ms_p25", "ms_p75", "ms_min", "n": calls timed,
-      "scan_steps": scan_steps}``.
+      "scan_steps": scan_steps, "gathered": True}``.
     """
     scan_steps = max(1, int(scan_steps))
-    fn = jax.jit(_f_fn(loss_fn, scan_steps)).lower(params, images, labels).compile()
+    run, _ = compile_f(loss_fn, params, data, batch_size, scan_steps)
     t0 = time.perf_counter()
-    jax.block_until_ready(fn(params, images, labels))  # warm-up, also sizes the repetitions
+    run()  # warm-up, also sizes the repetitions
     reps = int(min(20, max(3, budget_s / max(time.perf_counter() - t0, 1e-6))))
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        jax.block_until_ready(fn(params, images, labels))
+        run()
         times.append((time.perf_counter() - t0) / scan_steps)
-    return {**summarize(times), "scan_steps": scan_steps}
+    return {**summarize(times), "scan_steps": scan_steps, "gathered": True}
 
 
 def device_slug(env: dict[str, Any]) -> str:

@@ -120,11 +120,12 @@ def train_loop(step_fn: Callable[[TrainState, Data], tuple[TrainState, dict[str,
     """Runs ``step_fn`` until ``steps`` steps are done, logging every step.
 
     Rows written to ``log`` (one JSON object per line): ``{"kind": "train", "step", "loss",
-    "time"}`` per step, ``evaluate``'s row every ``eval_every`` steps and at the end, and
-    ``{"kind": "diag", "step", ...}`` (``diagnose``'s values, logged before step ``step``) every
-    ``diag_every`` steps. A loss that is non-finite or ``divergence_factor`` × the first loss
-    (at least 1) ends the run as ``"diverged"``; only the steps up to it are kept, and the
-    clock is charged only for them (the call's time pro rata).
+    "time"}`` per step (with the step's other measurements, e.g. ``grad_norm``), ``evaluate``'s
+    row every ``eval_every`` steps and at the end, and ``{"kind": "diag", "step", ...}``
+    (``diagnose``'s values, logged before step ``step``) every ``diag_every`` steps. A loss
+    that is non-finite or ``divergence_factor`` × the first loss (at least 1) ends the run as
+    ``"diverged"``; only the steps up to it are kept, and the clock is charged only for them
+    (the call's time pro rata).
 
     Args:
       step_fn: the compiled ``multi_step(state, data) -> (state, {"loss": (S,)})``, S =
@@ -173,8 +174,11 @@ def train_loop(step_fn: Callable[[TrainState, Data], tuple[TrainState, dict[str,
             keep = losses if not bad.size else losses[: bad[0] + 1]
             # Inside one call, per-step times are interpolated between measured boundaries.
             times = pos.time + call_s * np.arange(1, len(keep) + 1) / steps_per_call
+            extra = {k: np.asarray(v) for k, v in measured.items() if k != "loss"}
             log.write_many([{"kind": "train", "step": pos.step + i + 1, "loss": float(v),
-                             "time": float(times[i])} for i, v in enumerate(keep)])
+                             "time": float(times[i]),
+                             **{k: float(e[i]) for k, e in extra.items()}}
+                            for i, v in enumerate(keep)])
             pos.step += len(keep)
             pos.time = float(times[-1])
             pos.recent = (pos.recent + keep.tolist())[-RECENT:]

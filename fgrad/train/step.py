@@ -124,7 +124,8 @@ def make_train_step(loss_fn: Callable[[PyTree, jax.Array, jax.Array], jax.Array]
       local_indices: see :func:`batch_at` (data parallelism).
 
     Returns:
-      The step; its measurements are ``{"loss": f(θ) on the step's batch}``.
+      The step; its measurements are ``{"loss": f(θ) on the step's batch}``, and
+      ``grad_norm`` (the gradient estimate's global norm before clipping) when ``tx`` clips.
     """
 
     def train_step(state: TrainState, data: Data) -> tuple[TrainState, Measurements]:
@@ -135,7 +136,11 @@ def make_train_step(loss_fn: Callable[[PyTree, jax.Array, jax.Array], jax.Array]
                                        value_fn=value_fn, loss_fn=loss_fn,
                                        batch=(images, labels))
         params = optax.apply_updates(state.params, updates)
-        return TrainState(params, opt_state, state.step + 1), {"loss": source_value(opt_state)}
+        measurements = {"loss": source_value(opt_state)}
+        norm = optax.tree_utils.tree_get(opt_state, "grad_norm")
+        if norm is not None:  # a clipped chain: the estimate's norm before clipping
+            measurements["grad_norm"] = norm
+        return TrainState(params, opt_state, state.step + 1), measurements
 
     return train_step
 

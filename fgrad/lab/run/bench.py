@@ -36,6 +36,7 @@ from fgrad.lab.timing import (
     Compiled,
     choose_scan_steps,
     compile_method,
+    data_bytes,
     device_slug,
     flops,
     memory,
@@ -81,10 +82,11 @@ def bench_case(model_name: str, batch_size: int, cfg: dict[str, Any]) -> dict[st
     per: dict[str, dict[str, Any]] = {}
     single: dict[str, Compiled] = {}
     for m in methods:
-        c = compile_method(m, loss_fn, params, data, 1, seed, opts)
+        c = compile_method(m, loss_fn, params, data, batch_size, 1, seed, opts)
         single[m.name] = c
         per[m.name] = {**m._asdict(), "compile_s": {"python": c.compile_s},
-                       "flops": flops(c.compiled), "memory": memory(c.compiled)}
+                       "flops": flops(c.compiled),
+                       "memory": memory(c.compiled, data_bytes(data))}
     # Warm the single steps up once, measuring each method's peak as it first runs (methods in
     # the given order; process RSS and device peaks are running maxima).
     for m in methods:
@@ -107,7 +109,7 @@ def bench_case(model_name: str, batch_size: int, cfg: dict[str, Any]) -> dict[st
         cap = min(int(cfg["max_scan_steps"]), train_chunk if train_chunk > 1 else 10**9)
         scan_steps = choose_scan_steps(time.perf_counter() - t0, cfg["scan_target_s"], cap)
         for m in methods:
-            c = compile_method(m, loss_fn, params, data, scan_steps, seed, opts)
+            c = compile_method(m, loss_fn, params, data, batch_size, scan_steps, seed, opts)
             per[m.name]["compile_s"]["scan"] = c.compile_s
             runs[f"{m.name}|scan"], steps[f"{m.name}|scan"] = c.run, scan_steps
 

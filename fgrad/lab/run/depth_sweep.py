@@ -85,13 +85,14 @@ def depth_case(width: int, depth: int, batch_size: int, cfg: dict[str, Any]) -> 
     row["scan_steps"] = {}
     for name in cfg.get("methods", DEPTH_METHODS):
         m = timing.method_from_name(name)
-        c = timing.compile_method(m, loss_fn, params, data, 1, seed, opts)
+        c = timing.compile_method(m, loss_fn, params, data, batch_size, 1, seed, opts)
         entry = {"compile_s": c.compile_s, "flops": timing.flops(c.compiled)}
         if m.kind == "step":
-            ch = timing.compile_method(m, loss_fn, params, data_half, 1, seed, opts)
-            entry["memory"] = memory_breakdown(timing.memory(c.compiled),
-                                               timing.memory(ch.compiled), batch_size, half,
-                                               param_bytes)
+            ch = timing.compile_method(m, loss_fn, params, data_half, half, 1, seed, opts)
+            entry["memory"] = memory_breakdown(
+                timing.memory(c.compiled, timing.data_bytes(data)),
+                timing.memory(ch.compiled, timing.data_bytes(data_half)), batch_size, half,
+                param_bytes)
             del ch
         row["methods"][name] = entry
         if cfg.get("time", True) and scan > 1:
@@ -100,7 +101,7 @@ def depth_case(width: int, depth: int, batch_size: int, cfg: dict[str, Any]) -> 
             c.run()
             s = timing.choose_scan_steps(time.perf_counter() - t0, 0.5, scan)
             if s > 1:
-                c = timing.compile_method(m, loss_fn, params, data, s, seed, opts)
+                c = timing.compile_method(m, loss_fn, params, data, batch_size, s, seed, opts)
         row["scan_steps"][name] = c.steps
         runs[name], steps[name] = c.run, c.steps
     if cfg.get("time", True):

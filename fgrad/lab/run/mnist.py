@@ -286,9 +286,10 @@ def train_run(cfg: Mapping[str, Any], data: Mnist, method: str, learning_rate: f
               "learning rate); going on with the next run", file=sys.stderr)
     else:
         summary["final_eval"] = result.final_eval
-        xb, yb = train.images[:batch_size], train.labels[:batch_size]
-        # T(f) as the steps are run: chunk evaluations per compiled call
-        summary["f_timing"] = loss_ms(model.loss_fn, result.state.params, xb, yb, chunk)
+        # T(f) as the steps are run: chunk evaluations per compiled call, each on a minibatch
+        # gathered from the training data
+        summary["f_timing"] = loss_ms(model.loss_fn, result.state.params, train, batch_size,
+                                      chunk)
         summary["f_ms"] = summary["f_timing"]["ms"]
     summary["status"] = result.status  # written last: a run is complete only when it is
     write_json(summary_path, summary)
