@@ -155,8 +155,8 @@ def test_ratios_breakdown_names_and_slug():
 def test_f_is_timed_on_the_minibatches_the_steps_gather():
     # one protocol: each timed evaluation of f gathers the next step's minibatch from the data
     # set as train_step does, so T(f) and the step times count the same work
-    from fgrad.lab.timing import compile_f, synthetic_data
-    from fgrad.train.step import batch_at
+    from fgrad.lab.timing import compile_f
+    from fgrad.train.step import batch_at, synthetic_data
 
     model = make_model("logreg")
     params = init_params(model, jax.random.key(0))
@@ -172,7 +172,8 @@ def test_f_is_timed_on_the_minibatches_the_steps_gather():
 
 
 def test_step_memory_leaves_the_data_set_out():
-    from fgrad.lab.timing import compile_method, data_bytes, memory, synthetic_data
+    from fgrad.lab.timing import compile_method, memory
+    from fgrad.train.step import data_bytes, synthetic_data
 
     model = make_model("logreg")
     params = init_params(model, jax.random.key(0))

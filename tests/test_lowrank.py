@@ -32,9 +32,9 @@ from fgrad.lab import cli, registry
 from fgrad.lab.build import build_optimizer, make_source
 from fgrad.lab.config import defaults, experiment, finalize, mnist_runs
 from fgrad.lab.run.comm_bytes import allreduce_sizes
-from fgrad.lab.timing import compile_method, flops, method_from_name, synthetic_data
+from fgrad.lab.timing import compile_method, flops, method_from_name
 from fgrad.train.parallel import data_mesh, make_data_parallel_step, replicate
-from fgrad.train.step import init_state, make_train_step
+from fgrad.train.step import init_state, make_train_step, synthetic_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -262,7 +262,7 @@ _TWO_DEVICES = """
 import jax, numpy as np
 import fgrad
 from fgrad.lab.build import build_optimizer
-from fgrad.lab.timing import synthetic_data
+from fgrad.train.step import synthetic_data
 from fgrad.train.parallel import data_mesh, make_data_parallel_step, replicate
 from fgrad.train.step import init_state, make_train_step
 model = fgrad.make_model("mlp", width=16)

@@ -5,7 +5,7 @@ gradient with a tangent distribution and K, i.i.d. or low-rank of rank r), or dr
 tangents alone. Steps are built with the training layer's own
 :func:`~fgrad.train.step.make_train_step` and the experiment layer's
 :func:`~fgrad.lab.build.build_optimizer`, jitted with the state donated, on a synthetic data set
-the size of MNIST's training set (:func:`synthetic_data`): each step, and each evaluation of f,
+the size of MNIST's training set (``synthetic_data``): each step, and each evaluation of f,
 gathers its minibatch from it as a training step gathers it from MNIST, so T(f) and the step
 times mean the same in the benchmark, the depth sweep and training. The data set is a call
 argument; :func:`memory` leaves its bytes out.
@@ -33,7 +33,6 @@ import numpy as np
 
 from fgrad._lowrank import sample_low_rank_tangents
 from fgrad._memory import compiled_memory
-from fgrad._models import IMAGE_SHAPE, NUM_CLASSES
 from fgrad._tangents import DISTRIBUTIONS, sample_tangents
 from fgrad._types import PyTree
 from fgrad.lab.build import build_optimizer
@@ -117,26 +116,6 @@ def method_from_name(name: str) -> Method:
 # ----------------------------------------------------------------------------------------------
 # Building the callables
 # ----------------------------------------------------------------------------------------------
-
-
-TRAIN_EXAMPLES = 60_000  # MNIST's training set
-
-
-def synthetic_data(batch_size: int, seed: int = 0, num_examples: int = TRAIN_EXAMPLES) -> Data:
-    """A random data set of ``num_examples`` images in [0, 1) with labels and one random epoch
-    permutation, as the training loop's :class:`Data`: steps gather their minibatches from it
-    as they do from MNIST's 60,000 training images (at least one batch)."""
-    n = max(int(num_examples), batch_size)
-    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
-    images = jax.random.uniform(k1, (n, *IMAGE_SHAPE), jnp.float32)
-    labels = jax.random.randint(k2, (n,), 0, NUM_CLASSES, jnp.int32)
-    return Data(images, labels, jax.random.permutation(k3, n).astype(jnp.int32)[None])
-
-
-def data_bytes(data: Data) -> int:
-    """Bytes of a :class:`Data` (images, labels, permutations): a call argument that
-    :func:`memory` leaves out of a step's memory."""
-    return sum(int(x.nbytes) for x in data)
 
 
 def _f_fn(loss_fn: Callable, scan_steps: int, batch_size: int) -> Callable:
@@ -235,7 +214,7 @@ def compile_method(method: Method, loss_fn: Callable, params: PyTree, data: Data
       method: what to compile.
       loss_fn: ``loss(params, images, labels)``.
       params: the model's parameters (copied; steps donate their own state).
-      data: the data set (:func:`synthetic_data`).
+      data: the data set (``synthetic_data``).
       batch_size: B, the minibatch each step gathers from it.
       scan_steps: steps per call; 1 is a plain jitted step.
       seed: the tangents' seed.
@@ -284,7 +263,7 @@ def flops(compiled: Any) -> float | None:
 def memory(compiled: Any, exclude_bytes: int = 0) -> dict[str, int]:
     """XLA's memory analysis (see :func:`fgrad._memory.compiled_memory`) plus XLA's own peak
     (``peak_memory_in_bytes``) where the backend reports it, with ``exclude_bytes`` (the data
-    set's :func:`data_bytes`, an argument) taken out of ``argument``, ``peak_estimate`` and
+    set's ``data_bytes``, an argument) taken out of ``argument``, ``peak_estimate`` and
     ``xla_peak`` and recorded as ``excluded``."""
     out = compiled_memory(compiled)
     ma = compiled.memory_analysis()

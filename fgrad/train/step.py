@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fgrad._models import accuracy, cross_entropy_loss
+from fgrad._models import IMAGE_SHAPE, NUM_CLASSES, accuracy, cross_entropy_loss
 from fgrad._transforms import gradient_diagnostics
 from fgrad._types import PyTree
 
@@ -40,6 +40,26 @@ class Data(NamedTuple):
     images: jax.Array
     labels: jax.Array
     perms: jax.Array
+
+
+TRAIN_EXAMPLES = 60_000  # MNIST's training set
+
+
+def synthetic_data(batch_size: int, seed: int = 0, num_examples: int = TRAIN_EXAMPLES) -> Data:
+    """A random data set of ``num_examples`` images in [0, 1) with labels and one random epoch
+    permutation, as the training loop's :class:`Data`: steps gather their minibatches from it
+    as they do from MNIST's 60,000 training images (at least one batch)."""
+    n = max(int(num_examples), batch_size)
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    images = jax.random.uniform(k1, (n, *IMAGE_SHAPE), jnp.float32)
+    labels = jax.random.randint(k2, (n,), 0, NUM_CLASSES, jnp.int32)
+    return Data(images, labels, jax.random.permutation(k3, n).astype(jnp.int32)[None])
+
+
+def data_bytes(data: Data) -> int:
+    """Bytes of a :class:`Data` (images, labels, permutations): a call argument that
+    :func:`memory` leaves out of a step's memory."""
+    return sum(int(x.nbytes) for x in data)
 
 
 def init_state(params: PyTree, tx: optax.GradientTransformation) -> TrainState:

@@ -36,16 +36,15 @@ from fgrad.lab.timing import (
     Compiled,
     choose_scan_steps,
     compile_method,
-    data_bytes,
     device_slug,
     flops,
     memory,
     method_from_name,
     run_in_subprocess,
     summarize,
-    synthetic_data,
     time_interleaved,
 )
+from fgrad.train.step import data_bytes, synthetic_data
 
 
 def bench_case(model_name: str, batch_size: int, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +85,9 @@ def bench_case(model_name: str, batch_size: int, cfg: dict[str, Any]) -> dict[st
         single[m.name] = c
         per[m.name] = {**m._asdict(), "compile_s": {"python": c.compile_s},
                        "flops": flops(c.compiled),
-                       "memory": memory(c.compiled, data_bytes(data))}
+                       # sampling takes no data
+                       "memory": memory(c.compiled,
+                                        0 if m.kind == "sample" else data_bytes(data))}
     # Warm the single steps up once, measuring each method's peak as it first runs (methods in
     # the given order; process RSS and device peaks are running maxima).
     for m in methods:

@@ -20,6 +20,7 @@ from fgrad.lab import timing
 from fgrad.lab.build import build_model, steps_per_call
 from fgrad.lab.config import to_dict
 from fgrad.lab.run import RunOptions
+from fgrad.train.step import data_bytes, synthetic_data
 
 DEPTH_METHODS = ("f", "backprop", "fwd-normal-k1", "fwd-lowrank-normal-k1-r1")
 
@@ -73,7 +74,7 @@ def depth_case(width: int, depth: int, batch_size: int, cfg: dict[str, Any]) -> 
     params, loss_fn = built.params, built.loss_fn
     param_bytes = built.param_bytes
     half = max(1, batch_size // 2)
-    data, data_half = timing.synthetic_data(batch_size, seed), timing.synthetic_data(half, seed)
+    data, data_half = synthetic_data(batch_size, seed), synthetic_data(half, seed)
     row: dict[str, Any] = {"width": width, "depth": depth, "batch_size": batch_size,
                            "num_params": built.num_params,
                            "param_bytes": param_bytes, "methods": {}}
@@ -90,8 +91,8 @@ def depth_case(width: int, depth: int, batch_size: int, cfg: dict[str, Any]) -> 
         if m.kind == "step":
             ch = timing.compile_method(m, loss_fn, params, data_half, half, 1, seed, opts)
             entry["memory"] = memory_breakdown(
-                timing.memory(c.compiled, timing.data_bytes(data)),
-                timing.memory(ch.compiled, timing.data_bytes(data_half)), batch_size, half,
+                timing.memory(c.compiled, data_bytes(data)),
+                timing.memory(ch.compiled, data_bytes(data_half)), batch_size, half,
                 param_bytes)
             del ch
         row["methods"][name] = entry
