@@ -76,7 +76,7 @@ def clip_global_norm(max_norm: float) -> optax.GradientTransformation:
 
     def update_fn(updates, state, params=None):
         del state
-        clipped, _ = inner.update(updates, inner.init(params), params)
+        clipped, _ = inner.update(updates, optax.EmptyState())
         return clipped, ClipState(optax.tree.norm(updates).astype(jnp.float32))
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -40,6 +40,7 @@ from fgrad.train.step import (
     Data,
     TrainState,
     batch_at,
+    data_bytes,
     init_state,
     make_multi_step,
     make_train_step,
@@ -203,6 +204,7 @@ class Compiled(NamedTuple):
     compiled: Any
     compile_s: float
     steps: int
+    data_bytes: int = 0  # bytes of the data set among its arguments (memory leaves them out)
 
 
 def compile_method(method: Method, loss_fn: Callable, params: PyTree, data: Data,
@@ -228,7 +230,7 @@ def compile_method(method: Method, loss_fn: Callable, params: PyTree, data: Data
     t0 = time.perf_counter()
     if method.kind == "f":
         run, compiled = compile_f(loss_fn, params, data, batch_size, scan_steps, opts)
-        return Compiled(run, compiled, time.perf_counter() - t0, scan_steps)
+        return Compiled(run, compiled, time.perf_counter() - t0, scan_steps, data_bytes(data))
     if method.kind == "sample":
         key = jax.random.key(seed)
         compiled = jax.jit(_sample_fn(method, scan_steps)).lower(key, params).compile(opts)
@@ -245,7 +247,7 @@ def compile_method(method: Method, loss_fn: Callable, params: PyTree, data: Data
         cell[0], losses = compiled(cell[0], data)
         jax.block_until_ready((cell[0], losses))
 
-    return Compiled(run, compiled, compile_s, scan_steps)
+    return Compiled(run, compiled, compile_s, scan_steps, data_bytes(data))
 
 
 def flops(compiled: Any) -> float | None:
@@ -342,7 +344,6 @@ def summarize(samples: list[float]) -> dict[str, float]:
 def choose_scan_steps(step_s: float, target_call_s: float, max_steps: int) -> int:
     """Scan length S so one scanned call takes about ``target_call_s`` (2 ≤ S ≤ max_steps)."""
     return int(min(max_steps, max(2, round(target_call_s / max(step_s, 1e-7)))))
-
 
 
 def loss_ms(loss_fn: Callable, params: PyTree, data: Data, batch_size: int,

@@ -44,7 +44,7 @@ from fgrad.lab.timing import (
     summarize,
     time_interleaved,
 )
-from fgrad.train.step import data_bytes, synthetic_data
+from fgrad.train.step import synthetic_data
 
 
 def bench_case(model_name: str, batch_size: int, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -84,10 +84,7 @@ def bench_case(model_name: str, batch_size: int, cfg: dict[str, Any]) -> dict[st
         c = compile_method(m, loss_fn, params, data, batch_size, 1, seed, opts)
         single[m.name] = c
         per[m.name] = {**m._asdict(), "compile_s": {"python": c.compile_s},
-                       "flops": flops(c.compiled),
-                       # sampling takes no data
-                       "memory": memory(c.compiled,
-                                        0 if m.kind == "sample" else data_bytes(data))}
+                       "flops": flops(c.compiled), "memory": memory(c.compiled, c.data_bytes)}
     # Warm the single steps up once, measuring each method's peak as it first runs (methods in
     # the given order; process RSS and device peaks are running maxima).
     for m in methods:

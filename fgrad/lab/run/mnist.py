@@ -46,6 +46,7 @@ from fgrad.train.loop import Position, train_loop
 from fgrad.train.parallel import data_mesh, make_data_parallel_step, replicate
 from fgrad.train.step import (
     Data,
+    data_bytes,
     epoch_permutations,
     make_diagnostics_fn,
     make_eval_fn,
@@ -228,7 +229,7 @@ def train_run(cfg: Mapping[str, Any], data: Mnist, method: str, learning_rate: f
         "compile_s": compile_s, "config": dict(cfg), "env": environment(),
         "memory": {"step_xla": compiled_memory(step_fn),
                    # the on-device training set (images, labels, permutations): a step argument
-                   "data_bytes": sum(int(x.nbytes) for x in jax.tree.leaves(train))},
+                   "data_bytes": data_bytes(train)},
     }
     summary_path = out_dir / f"{name}.json"
     ckpt = RunCheckpointer(out_dir / CHECKPOINTS / name, config_fingerprint(
