@@ -173,6 +173,26 @@ def test_report_shows_the_numbers_of_the_results(results: Path):
     assert "*Not run*" in cnn.split("##")[0]
 
 
+def test_runs_from_two_machines_get_no_wall_time_ratio(results: Path):
+    # Backprop of both seeds rerun on another machine: its wall times cannot be set against
+    # forward's, so no T_f/T_b, R_f/R_b or shared T(f); per iteration the steps still compare.
+    other = {**ENV, "cpu": "Other CPU"}
+    for seed in (0, 1):
+        path = results / "mlp" / f"backprop_lr{LR:g}_seed{seed}.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "env": other}))
+    text = write_report(results, SECTIONS, "cpu", "test").read_text()
+    mlp = text.split("## MLP")[1].split("\n## ")[0]
+    assert "| R_f / R_b | n/a |" in mlp and "| T_f / T_b | n/a |" in mlp
+    assert "T(f): each run's own" in mlp and "CPU Other CPU (2 cores)" in mlp
+    assert "ran on different machines, so T_f/T_b is not measured (not judged)" in mlp
+    for seed in (0, 1):
+        _, sb_loss = _smoothed("backprop", seed)
+        _, sf_loss = _smoothed("forward", seed)
+        step_f = np.flatnonzero(sf_loss <= sb_loss.min())[0] + WINDOW
+        assert f"seed {seed}: wall times not compared" in mlp
+        assert f"per iteration: forward at step {step_f:,}" in mlp
+
+
 def test_figures_are_written_from_the_results(results: Path):
     paths = make_figures(results, SECTIONS)
     names = sorted(p.name for p in paths)

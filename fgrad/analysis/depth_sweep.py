@@ -3,7 +3,7 @@
 The report section (one table per batch size and a generated summary), the figure, and the
 sweep's own Markdown file ``depth_sweep.md`` (:func:`depth_markdown`, every row with the
 parameter-sized memory) and progress line (:func:`depth_line`). The report's tables read
-:func:`fgrad.analysis.metrics.depth_series`; both use :func:`fgrad.analysis.tables.markdown_table`
+:func:`depth_series`; both use :func:`fgrad.analysis.tables.markdown_table`
 and the formatters there.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from fgrad.analysis.family import Family
-from fgrad.analysis.metrics import METHOD_LABELS, depth_series
+from fgrad.analysis.metrics import METHOD_LABELS, MIB
 from fgrad.analysis.plotting import COLORS, _new_figure, style_axes
 from fgrad.analysis.runs import load_depth_sweep
 from fgrad.analysis.tables import NA, fmt, markdown_table, mib
@@ -27,6 +27,43 @@ PAPER_DEPTH_SWEEP = {"layers": (1, 100), "R_f": (2.5, 4.2), "R_b": (4.5, 5.0)}
 LOW_RANK_COLOR = "#2ca02c"
 
 # ----------------------------------------------------------------------------- section
+
+
+LOW_RANK_DEPTH_METHOD = "fwd-lowrank-normal-k1-r1"  # the depth sweep's low-rank series
+
+
+def depth_fwd_method(row: dict[str, Any]) -> str:
+    """The forward-gradient entry of a depth-sweep row (normal tangents, K = 1, if present)."""
+    fwd = [m for m in row["methods"] if m.startswith("fwd")]
+    return "fwd-normal-k1" if "fwd-normal-k1" in fwd else fwd[0]
+
+
+def depth_series(result: dict[str, Any], batch_size: int) -> dict[str, np.ndarray]:
+    """Per depth at one batch size: R_f, R_b, both steps' median and quartile times (ms over
+    the interleaved rounds: ``f_ms``, ``f_ms_p25``, ``f_ms_p75``, ``b_…``) and memory (MiB);
+    with the same for the low-rank step (``R_l``, ``l_…``) where every row has it."""
+    rows = sorted((r for r in result["rows"] if r["batch_size"] == batch_size),
+                  key=lambda r: r["depth"])
+
+    def get(r: dict[str, Any], method: str, *keys: str) -> float:
+        v = r["methods"][method]
+        for k in keys:
+            v = v.get(k) if isinstance(v, dict) else None
+        return np.nan if v is None else float(v)
+
+    out = {"depth": np.array([r["depth"] for r in rows], float)}
+    series: list[tuple[str, str | None]] = [("f", None), ("b", "backprop")]
+    if rows and all(LOW_RANK_DEPTH_METHOD in r["methods"] for r in rows):
+        series.append(("l", LOW_RANK_DEPTH_METHOD))  # rank-1 tangents: R_l, l_total, ...
+    for label, method in series:
+        out[f"R_{label}"] = np.array([get(r, method or depth_fwd_method(r), "R") for r in rows])
+        for q in ("ms", "ms_p25", "ms_p75"):
+            out[f"{label}_{q}"] = np.array([get(r, method or depth_fwd_method(r), "time", q)
+                                            for r in rows])
+        for part in ("total", "parameter_sized", "rest"):
+            out[f"{label}_{part}"] = np.array(
+                [get(r, method or depth_fwd_method(r), "memory", part) for r in rows]) / MIB
+    return out
 
 
 def _cell(value: float, digits: int = 2) -> str:

@@ -17,8 +17,8 @@ runs that diverged or did not finish are left out of every mean.
 
 Beyond the paper: MNIST runs may be tagged with a ``variant`` (a method with config overrides,
 e.g. K tangents or Adam); runs are grouped by variant, which defaults to the method, so
-experiments without variants read as before. Also the metrics of the estimator-quality,
-learning-rate and depth sweeps.
+experiments without variants read as before. Also the metrics of the estimator-quality and
+learning-rate sweeps (the depth sweep's are in :mod:`fgrad.analysis.depth_sweep`).
 """
 
 from __future__ import annotations
@@ -135,8 +135,9 @@ def seed_metrics(forward: MnistRun | None, backprop: MnistRun | None,
     ``ms_forward``, ``ms_backprop``, ``R_f``, ``R_b``,
     ``R_f/R_b`` (= ms_forward / ms_backprop), ``target`` (backprop's best smoothed loss),
     ``T_f``, ``T_b``, ``T_f/T_b`` (inf when forward gradient never reaches the target),
-    ``step_f``, ``step_b`` (the steps at which each first reaches it), ``T_f/T_b_bound``
-    (forward's whole training time over T_b: the lower bound when it never reaches it),
+    ``step_f``, ``step_b`` (the steps at which each first reaches it), ``step_f/step_b``,
+    ``T_f/T_b_bound`` (forward's whole training time over T_b: the bound when it never reaches
+    it); the ratios of wall times are None when the two runs ran on different machines;
     ``loss_*``, ``acc_*``, ``mem_*`` (MiB, XLA's estimate for one compiled step), ``dev_*``
     (MiB, device allocator peak).
     """
@@ -155,8 +156,11 @@ def seed_metrics(forward: MnistRun | None, backprop: MnistRun | None,
         m["T_f/T_b"] = _ratio(m["T_f"], m["T_b"])
         m["step_f"] = steps_to_reach(forward, m["target"], window)
         m["step_b"] = steps_to_reach(backprop, m["target"], window)
+        m["step_f/step_b"] = _ratio(m["step_f"], m["step_b"])
         # forward never reached it: T_f/T_b is at least its whole training time over T_b
         m["T_f/T_b_bound"] = _ratio(float(forward.time[-1]), m["T_b"])
+        if forward.machine != backprop.machine:  # wall times of two machines: not compared
+            m.update({k: None for k in ("T_f/T_b", "T_f/T_b_bound", "R_f/R_b", "f_ms")})
     return m
 
 
@@ -207,8 +211,9 @@ def aggregate(values: Iterable[float | None]) -> Stat | None:
 def shared_f_ms(runs: Iterable[MnistRun]) -> Stat | None:
     """The one T(f) of a set of runs of the same model and batch: the median of their own
     measurements (``mean`` holds the median), with the std over runs and their count."""
+    runs = list(runs)  # iterated twice
     vals = [v for r in runs if (v := _number(r.summary.get("f_ms"))) is not None]
-    if not vals:
+    if not vals or len({r.machine for r in runs}) > 1:  # one T(f) per machine: each run's own
         return None
     return Stat(float(np.median(vals)), float(np.std(vals)), len(vals), 0)
 
@@ -233,6 +238,12 @@ def f_protocol(runs: Iterable[MnistRun]) -> str:
 def f_line(runs: Sequence[MnistRun]) -> str:
     """The sentence stating a section's one T(f): its value, spread, count and protocol."""
     shared = shared_f_ms(runs)
+    machines = sorted({r.machine for r in runs})
+    if shared is None and len(machines) > 1:
+        return (f"T(f): each run's own ({f_protocol(runs)}): the runs were made on "
+                f"{len(machines)} machines ({'; '.join(machines)}), so each R compares a step "
+                "with f on its own machine, and no ratio of wall times or step times is given "
+                "between runs made on different machines.")
     if shared is None:
         return ""
     return (f"T(f) = {shared.mean:.4g} ms: the median of the {shared.n} runs' measurements "
@@ -361,40 +372,3 @@ def sweep_points(runs: Sequence[MnistRun], excluded: Sequence[Excluded]
     return {k: SweepPoint(k[0], str(first[k].summary["method"]),
                           str(run_setting(first[k], "optimizer", "sgd")), k[1],
                           stats.get(k, {}), failed.get(k, [])) for k in keys}
-
-
-LOW_RANK_DEPTH_METHOD = "fwd-lowrank-normal-k1-r1"  # the depth sweep's low-rank series
-
-
-def depth_fwd_method(row: dict[str, Any]) -> str:
-    """The forward-gradient entry of a depth-sweep row (normal tangents, K = 1, if present)."""
-    fwd = [m for m in row["methods"] if m.startswith("fwd")]
-    return "fwd-normal-k1" if "fwd-normal-k1" in fwd else fwd[0]
-
-
-def depth_series(result: dict[str, Any], batch_size: int) -> dict[str, np.ndarray]:
-    """Per depth at one batch size: R_f, R_b, both steps' median and quartile times (ms over
-    the interleaved rounds: ``f_ms``, ``f_ms_p25``, ``f_ms_p75``, ``b_…``) and memory (MiB);
-    with the same for the low-rank step (``R_l``, ``l_…``) where every row has it."""
-    rows = sorted((r for r in result["rows"] if r["batch_size"] == batch_size),
-                  key=lambda r: r["depth"])
-
-    def get(r: dict[str, Any], method: str, *keys: str) -> float:
-        v = r["methods"][method]
-        for k in keys:
-            v = v.get(k) if isinstance(v, dict) else None
-        return np.nan if v is None else float(v)
-
-    out = {"depth": np.array([r["depth"] for r in rows], float)}
-    series: list[tuple[str, str | None]] = [("f", None), ("b", "backprop")]
-    if rows and all(LOW_RANK_DEPTH_METHOD in r["methods"] for r in rows):
-        series.append(("l", LOW_RANK_DEPTH_METHOD))  # rank-1 tangents: R_l, l_total, ...
-    for label, method in series:
-        out[f"R_{label}"] = np.array([get(r, method or depth_fwd_method(r), "R") for r in rows])
-        for q in ("ms", "ms_p25", "ms_p75"):
-            out[f"{label}_{q}"] = np.array([get(r, method or depth_fwd_method(r), "time", q)
-                                            for r in rows])
-        for part in ("total", "parameter_sized", "rest"):
-            out[f"{label}_{part}"] = np.array(
-                [get(r, method or depth_fwd_method(r), "memory", part) for r in rows]) / MIB
-    return out

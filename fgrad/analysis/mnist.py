@@ -101,6 +101,10 @@ def _direction(measured: float, paper: float | None) -> str:
 
 def _speed_sentence(stats: dict[str, Stat | None], paper: dict[str, float]) -> str:
     rf, rb, ratio = stats.get("R_f"), stats.get("R_b"), stats.get("R_f/R_b")
+    if rf is not None and rb is not None and ratio is None:
+        return (f"R_f = {rf.mean:.3g} and R_b = {rb.mean:.3g}, each against T(f) on its own "
+                "machine; the step costs of the two methods are not compared (different "
+                "machines; the benchmark compares them in one run).")
     if rf is None or rb is None or ratio is None:
         return "Per-step cost ratios are not available (T(f) or a method's runs missing)."
     published = (f" (paper: {paper['R_f']:g} and {paper['R_b']:g})"
@@ -115,6 +119,15 @@ def _speed_sentence(stats: dict[str, Stat | None], paper: dict[str, float]) -> s
 def _time_sentence(stats: dict[str, Stat | None], paper: dict[str, float], steps: int,
                    window: int) -> str:
     tf, tb, ratio, target = (stats.get(k) for k in ("T_f", "T_b", "T_f/T_b", "target"))
+    per_step = stats.get("step_f/step_b")
+    if ratio is None and target is not None and per_step is not None:
+        total = per_step.n + per_step.missed
+        reach = (f"reached it after {per_step.mean:.3g}× backprop's iterations in "
+                 f"{per_step.n} of {total} seed(s)" if per_step.n else
+                 f"did not reach it in any of {total} seed(s)")
+        return (f"forward gradient and backprop ran on different machines, so T_f/T_b is not "
+                f"measured (not judged); per iteration, forward gradient {reach} (backprop's "
+                f"best training loss {target.mean:.4g}, running mean of {window} steps).")
     if tf is None or tb is None or ratio is None or target is None:
         return "No seed has complete runs of both methods, so T_f/T_b is not available."
     goal = f"backprop's best training loss ({target.mean:.4g}, running mean of {window} steps)"
@@ -152,13 +165,21 @@ def _per_seed_line(seeds: dict[int, dict[str, MnistRun]], window: int) -> str:
             continue
         m = seed_metrics(runs["forward"], runs["backprop"], window)
         steps = int(runs["forward"].summary["steps"])
-        if math.isfinite(m["T_f"]):
+        if m["T_f/T_b"] is None:  # the two runs ran on different machines
+            reach = (f"forward at step {m['step_f']:,.0f}, {m['step_f/step_b']:.3g}× backprop's "
+                     "steps" if math.isfinite(m["step_f"]) else
+                     f"forward not reached in {steps:,} steps")
+            fwd, bp = runs["forward"].machine, runs["backprop"].machine
+            parts.append(f"seed {seed}: wall times not compared, forward ({fwd}) and backprop "
+                         f"({bp}) ran on different machines; per iteration: {reach}, backprop "
+                         f"at step {m['step_b']:,.0f}")
+        elif math.isfinite(m["T_f"]):
             parts.append(f"seed {seed}: {m['T_f/T_b']:.3g} (forward at step {m['step_f']:,.0f}, "
                          f"backprop at step {m['step_b']:,.0f})")
         else:
             parts.append(f"seed {seed}: not reached in {steps:,} steps (T_f/T_b > "
                          f"{m['T_f/T_b_bound']:.3g}; backprop at step {m['step_b']:,.0f})")
-    reached = sum("not reached" not in p for p in parts)
+    reached = sum("not reached" not in p for p in parts)  # "not reached": forward never did
     return (f"T_f/T_b per seed ({reached} of {len(parts)} seed(s) reached backprop's best "
             f"loss): " + "; ".join(parts) + ".") if parts else ""
 
@@ -235,11 +256,13 @@ def _mnist_row(axes: Sequence[Axes], lr: float, seeds: dict[int, dict[str, Mnist
     marks = mark_times(axes[1], {m: (s.mean if (s := stats.get(f"T_{m[0]}")) else None)
                          for m in METHODS})
     tag = f"η₀ = {lr:g}"
+    machines = len({r.machine for runs in seeds.values() for r in runs.values()})
+    timed = f"({tag}; {machines} machines: not comparable)" if machines > 1 else f"({tag})"
     style_axes(axes[0], "iteration", smooth, f"loss vs iterations ({tag})", logy=True)
-    title = f"loss vs time ({tag})" + (f"\n{marks} (dotted)" if marks else "")
+    title = f"loss vs time {timed}" + (f"\n{marks} (dotted)" if marks else "")
     style_axes(axes[1], "wall time (s)", smooth, title, logy=True)
-    style_axes(axes[2], "iteration", "wall time (s)", f"time vs iterations ({tag})")
-    style_axes(axes[3], "wall time (s)", "test accuracy", f"test accuracy vs time ({tag})")
+    style_axes(axes[2], "iteration", "wall time (s)", f"time vs iterations {timed}")
+    style_axes(axes[3], "wall time (s)", "test accuracy", f"test accuracy vs time {timed}")
 
 
 def load_mnist(exp_dir: Path) -> dict[float, dict[int, dict[str, MnistRun]]]:

@@ -18,7 +18,7 @@ from typing import Any
 from fgrad._results import read_json, write_text_atomic
 from fgrad.analysis.family import Section
 from fgrad.analysis.metrics import SMOOTH_WINDOW
-from fgrad.analysis.runs import run_summaries
+from fgrad.analysis.runs import machine_of, run_summaries
 
 DEFINITIONS = (
     "Definitions. T(f): median wall time of one evaluation of the loss on one batch, timed as "
@@ -52,15 +52,9 @@ def render_section(out: Path, section: Section) -> list[str]:
             ""]
 
 
-def _machine(env: dict[str, Any]) -> str:
-    if env.get("platform", "cpu") == "cpu":
-        return f"CPU {env.get('cpu', '?')} ({env.get('cpu_cores', '?')} cores)"
-    return f"{env.get('platform', '?').upper()} {env.get('device', '?')}"
-
-
 def _env_line(env: dict[str, Any]) -> str:
     versions = ", ".join(f"{p} {env.get(p, '?')}" for p in ("jax", "jaxlib", "flax", "optax"))
-    return f"{_machine(env)}; {versions}"
+    return f"{machine_of(env)}; {versions}"
 
 
 def result_envs(out: Path, sections: Sequence[Section]) -> list[tuple[str, dict]]:

@@ -95,6 +95,21 @@ class MnistRun:
     def seed(self) -> int:
         return int(self.summary["seed"])
 
+    @property
+    def machine(self) -> str:
+        """The machine that made the run (:func:`machine_of`)."""
+        return machine_of(self.summary.get("env") or {})
+
+
+def machine_of(env: dict[str, Any]) -> str:
+    """A machine's name from a results file's ``env``: the CPU model, vector extension and core
+    count (CPU), or the platform and device. Wall times of runs made on different machines are
+    not compared (machines of the same kind have differed 2× in speed)."""
+    if env.get("platform", "cpu") == "cpu":
+        isa = f", {env['cpu_isa']}" if env.get("cpu_isa") else ""
+        return f"CPU {env.get('cpu', '?')} ({env.get('cpu_cores', '?')} cores{isa})"
+    return f"{str(env.get('platform', '?')).upper()} {env.get('device', '?')}"
+
 
 MNIST_KEYS = ("method", "learning_rate", "seed", "status", "steps", "steps_done")
 
