@@ -12,6 +12,8 @@ Run:
 
 Writes ``<out>/<device slug>.json`` (e.g. results/bench/cpu-amd-epyc-2c.json) and a Markdown
 table ``<out>/<device slug>.md``. ``make bench BENCH_ARGS="--preset quick"`` runs it through make.
+The CNN case at B = 64 also times each convolution by part (forward, input and kernel gradient,
+and the kernel gradient rewritten as matrix products: fgrad/lab/conv_parts.py).
 The protocol (interleaved rounds, medians, one process per model and batch size) is described
 in fgrad/lab/timing.py.
 """

@@ -185,3 +185,27 @@ def test_step_memory_leaves_the_data_set_out():
     assert m_big["excluded"] - m_small["excluded"] == (4096 - 16) * (784 * 4 + 4 + 4)
     assert m_big["argument"] == m_small["argument"]
     assert m_big["peak_estimate"] == m_small["peak_estimate"]
+
+
+def test_conv_parts_time_each_convolution_and_rewrites_match_xla():
+    from fgrad.analysis.bench import _conv_lines
+    from fgrad.lab.build import build_model
+    from fgrad.lab.conv_parts import PARTS, time_conv_parts
+
+    built = build_model("cnn", {}, jax.random.key(0))
+    cfg = {"rounds": 1, "min_round_s": 0.0, "warmup": 0, "case_budget_s": None}
+    convs = time_conv_parts(built.module, built.params, 2, cfg)
+    # the CNN's four convolutions, three distinct: 28×28×1, 28×28×64 and 14×14×64 inputs
+    assert [(c["input"], c["kernel"]) for c in convs] == [
+        ([2, 28, 28, 1], [3, 3, 1, 64]), ([2, 28, 28, 64], [3, 3, 64, 64]),
+        ([2, 14, 14, 64], [3, 3, 64, 64])]
+    for conv in convs:
+        parts = conv["parts"]
+        assert tuple(parts) == PARTS
+        assert parts["forward"]["rate_vs_forward"] == pytest.approx(1.0)
+        for name in PARTS:
+            assert parts[name]["ms"] > 0 and parts[name]["flops"] > 0, name
+        for name in PARTS[3:]:  # the rewrites compute XLA's kernel gradient
+            assert parts[name]["max_rel_err"] < 1e-5, (conv["input"], name)
+    text = "\n".join(_conv_lines([{"model": "cnn", "batch_size": 2, "conv_parts": convs}]))
+    assert "| cnn | 2 | 28×28×64 → 64 | kernel grad, patches · dy |" in text

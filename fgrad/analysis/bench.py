@@ -84,4 +84,24 @@ def bench_markdown(result: dict[str, Any]) -> str:
     if checks:
         lines += ["", "## Loop style: Python loop vs lax.scan (ms/step)", ""]
         lines += markdown_table(LOOP_HEADER, [_loop_row(*check) for check in checks])
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _conv_lines(result["cases"])) + "\n"
+
+
+def _conv_lines(cases: list[dict[str, Any]]) -> list[str]:
+    """The convolutions-by-part section (:mod:`fgrad.lab.conv_parts`), if any case has it."""
+    rows = [[c["model"], c["batch_size"], f"{'×'.join(map(str, conv['input'][1:]))} → "
+             f"{conv['kernel'][-1]}", name, f"{p['ms']:.3g}", fmt(p["gflops_per_s"], ".1f"),
+             fmt(p["rate_vs_forward"], ".2f"),
+             fmt(p.get("max_rel_err"), ".1e") if "max_rel_err" in p else DASH]
+            for c in cases for conv in c.get("conv_parts", []) for name, p in conv["parts"].items()]
+    if not rows:
+        return []
+    return ["", "## Convolutions by part: what bounds the CNN's backprop step", "",
+            "Each distinct convolution of the model (input H×W×C_in → C_out, 3×3 kernel), its "
+            "three backprop parts as XLA compiles them for `jax.vjp`, and two rewrites of the "
+            "kernel gradient as matrix products (fgrad/lab/conv_parts.py); medians over "
+            "interleaved rounds. rate vs fwd: the part's FLOP rate (XLA's count over its time) "
+            "over the forward convolution's; rel. err: max deviation from XLA's kernel gradient "
+            "over its largest entry. A backprop step does not compute the first convolution's "
+            "input gradient.", ""] + markdown_table(
+        ("model", "B", "convolution", "part", "ms", "GFLOP/s", "rate vs fwd", "rel. err"), rows)

@@ -101,7 +101,7 @@ def _bench() -> dict[str, Any]:
     return {**_timing(), "models": ["logreg", "mlp", "cnn"], "methods": [],
             "model_kwargs": {}, "batch_sizes": [64], "case_budget_s": 90.0, "max_call_s": 10.0,
             "scan_target_s": 0.5, "max_scan_steps": 50, "loops": ["python", "scan"],
-            "loop_batch_sizes": [64]}
+            "loop_batch_sizes": [64], "conv_parts_batch_sizes": [64]}
 
 
 def _comm_bytes() -> dict[str, Any]:

@@ -30,6 +30,7 @@ from fgrad._results import write_json
 from fgrad.analysis.bench import bench_markdown, case_line
 from fgrad.lab.build import build_model, steps_per_call
 from fgrad.lab.config import to_dict
+from fgrad.lab.conv_parts import time_conv_parts
 from fgrad.lab.run import RunOptions
 from fgrad.lab.timing import (
     LOOPS,
@@ -58,7 +59,8 @@ def bench_case(model_name: str, batch_size: int, cfg: dict[str, Any]) -> dict[st
         :func:`time_interleaved`), ``loops`` (loop styles to time), ``loop_batch_sizes``
         (batch sizes at which both loop styles are timed; at others only the training loop's
         style), ``scan_target_s``, ``max_scan_steps``, ``model_kwargs``, ``compiler_options``,
-        ``seed``.
+        ``seed``, ``conv_parts_batch_sizes`` (batch sizes at which a model's convolutions are
+        also timed by part, :mod:`fgrad.lab.conv_parts`).
 
     Returns:
       The case's results: per method the per-loop times, compile times, FLOPs and memory, the
@@ -125,8 +127,10 @@ def bench_case(model_name: str, batch_size: int, cfg: dict[str, Any]) -> dict[st
         row["gflops_per_s"] = (None if row["flops"] is None else
                                row["flops"] / (row["ms"] * 1e-3) / 1e9)
 
+    conv = (time_conv_parts(built.module, params, batch_size, cfg, seed)
+            if batch_size in cfg.get("conv_parts_batch_sizes", []) else [])
     return {
-        "model": model_name, "batch_size": batch_size, "backend": backend,
+        "model": model_name, "batch_size": batch_size, "backend": backend, "conv_parts": conv,
         "num_params": built.num_params, "param_bytes": built.param_bytes,
         "training_steps_per_call": train_chunk, "headline_loop": headline,
         "scan_steps": scan_steps, "methods": per, "ratios": case_ratios(per),
