@@ -342,3 +342,19 @@ def test_config_cli_and_source(monkeypatch, tmp_path, capsys):
     ups = [jax.jit(lambda p, s=s: s.update(p, s.init(p), p, value_fn=f)[0])(params)
            for s in (src, ref)]
     _close(ups[0], ups[1], 0)
+
+
+@pytest.mark.parametrize("name", ["fwd-normal-k1", "fwd-lowrank-normal-k1-r1"])
+def test_bias_tangents_are_drawn_once_not_once_per_example(name):
+    # XLA would otherwise fuse a bias tangent's sampler into the (batch × width) tangent of the
+    # layer's output and draw every entry once per example; small leaves are stored instead.
+    width, batch = 64, 16
+    model = fgrad.make_model("mlp", width=width)
+    params = fgrad.init_params(model, jax.random.key(0))
+    c = compile_method(method_from_name(name), fgrad.cross_entropy_loss(model), params,
+                       synthetic_data(batch), batch)
+    text = c.compiled.as_text()
+    bodies = re.findall(r"\n\S+ \([^\n]*\) -> (\S+) \{\n(.*?)\n\}", text, re.S)
+    hashing = [shape for shape, body in bodies if "constant(2146121005)" in body]  # mix32
+    assert hashing, "no sampler found in the compiled step"
+    assert not [s for s in hashing if re.match(rf"f32\[{batch},", s)], hashing
