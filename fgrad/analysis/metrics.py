@@ -262,6 +262,10 @@ def lr_stats(seeds: dict[int, dict[str, MnistRun]], window: int = SMOOTH_WINDOW,
     out = {k: aggregate(m.get(k) for m in per_seed) for k in keys}
     if f_ms is not None:
         out["f_ms"] = f_ms
+    ms_f, ms_b, ratio = out.get("ms_forward"), out.get("ms_backprop"), out.get("R_f/R_b")
+    if ms_f is not None and ms_b is not None and ratio is not None:
+        # the ratio of the mean step times printed beside it (± the seeds' spread of the ratio)
+        out["R_f/R_b"] = Stat(ms_f.mean / ms_b.mean, ratio.std, ratio.n, ratio.missed)
     return out
 
 
