@@ -257,7 +257,8 @@ def _mnist_row(axes: Sequence[Axes], lr: float, seeds: dict[int, dict[str, Mnist
                          for m in METHODS})
     tag = f"η₀ = {lr:g}"
     machines = len({r.machine for runs in seeds.values() for r in runs.values()})
-    timed = f"({tag}; {machines} machines: not comparable)" if machines > 1 else f"({tag})"
+    timed = (f"({tag})\nruns on {machines} machines: times not comparable" if machines > 1
+             else f"({tag})")
     style_axes(axes[0], "iteration", smooth, f"loss vs iterations ({tag})", logy=True)
     title = f"loss vs time {timed}" + (f"\n{marks} (dotted)" if marks else "")
     style_axes(axes[1], "wall time (s)", smooth, title, logy=True)
