@@ -119,7 +119,15 @@ def _cosine_panel(ax: Axes, curves: Curves, colors: dict[Hashable, str]) -> None
                  _stack([r.cosine for r in logged]), runs[0].method,
                  f"{variant}, η₀ = {lr:g}", colors[(variant, lr)], marker="o")
     style_axes(ax, "iteration", "cos(estimate, exact gradient)",
-               "cosine with the exact gradient", logy=True)
+               "cosine with the exact gradient\n(colours as in the loss panels)", logy=True)
+    _drop_legend(ax)
+
+
+def _drop_legend(ax: Axes) -> None:
+    """Removes a panel's legend (its curves are named by the loss panels' legends, same
+    colours), which would cover data spread over the whole panel."""
+    if ax.get_legend() is not None:
+        ax.get_legend().remove()
 
 
 def _excess_panel(ax: Axes, curves: Curves, colors: dict[Hashable, str]) -> None:
@@ -144,7 +152,8 @@ def _excess_panel(ax: Axes, curves: Curves, colors: dict[Hashable, str]) -> None
              f"{variant}, η₀ = {lr:g}{tag}", colors[(variant, lr)])
     ax.axhline(0.0, color="gray", lw=0.8, ls=":")
     style_axes(ax, "iteration", "training loss − backprop's (same seed)",
-               "loss above backprop's")
+               "loss above backprop's\n(colours as in the loss panels)")
+    _drop_legend(ax)
 
 
 def plot_k_sweep(data: tuple[list[MnistRun], list[Excluded]], name: str) -> Figure | None:
