@@ -137,7 +137,8 @@ def seed_metrics(forward: MnistRun | None, backprop: MnistRun | None,
     ``T_f``, ``T_b``, ``T_f/T_b`` (inf when forward gradient never reaches the target),
     ``step_f``, ``step_b`` (the steps at which each first reaches it), ``step_f/step_b``,
     ``T_f/T_b_bound`` (forward's whole training time over T_b: the bound when it never reaches
-    it); the ratios of wall times are None when the two runs ran on different machines;
+    it), ``cross_machine`` (1 when the two runs ran on different machines: then the ratios of
+    wall times are None);
     ``loss_*``, ``acc_*``, ``mem_*`` (MiB, XLA's estimate for one compiled step), ``dev_*``
     (MiB, device allocator peak).
     """
@@ -159,7 +160,8 @@ def seed_metrics(forward: MnistRun | None, backprop: MnistRun | None,
         m["step_f/step_b"] = _ratio(m["step_f"], m["step_b"])
         # forward never reached it: T_f/T_b is at least its whole training time over T_b
         m["T_f/T_b_bound"] = _ratio(float(forward.time[-1]), m["T_b"])
-        if forward.machine != backprop.machine:  # wall times of two machines: not compared
+        m["cross_machine"] = float(forward.machine != backprop.machine)
+        if m["cross_machine"]:  # wall times of two machines: not compared
             m.update({k: None for k in ("T_f/T_b", "T_f/T_b_bound", "R_f/R_b", "f_ms")})
     return m
 

@@ -99,9 +99,15 @@ def _direction(measured: float, paper: float | None) -> str:
     return f"; paper: {paper:g}, {side}"
 
 
+def _cross_machine(stats: dict[str, Stat | None]) -> bool:
+    """Whether some seed's forward and backprop runs ran on different machines."""
+    cross = stats.get("cross_machine")
+    return cross is not None and cross.mean > 0
+
+
 def _speed_sentence(stats: dict[str, Stat | None], paper: dict[str, float]) -> str:
     rf, rb, ratio = stats.get("R_f"), stats.get("R_b"), stats.get("R_f/R_b")
-    if rf is not None and rb is not None and ratio is None:
+    if rf is not None and rb is not None and ratio is None and _cross_machine(stats):
         return (f"R_f = {rf.mean:.3g} and R_b = {rb.mean:.3g}, each against T(f) on its own "
                 "machine; the step costs of the two methods are not compared (different "
                 "machines; the benchmark compares them in one run).")
@@ -120,7 +126,7 @@ def _time_sentence(stats: dict[str, Stat | None], paper: dict[str, float], steps
                    window: int) -> str:
     tf, tb, ratio, target = (stats.get(k) for k in ("T_f", "T_b", "T_f/T_b", "target"))
     per_step = stats.get("step_f/step_b")
-    if ratio is None and target is not None and per_step is not None:
+    if ratio is None and target is not None and per_step is not None and _cross_machine(stats):
         total = per_step.n + per_step.missed
         reach = (f"reached it after {per_step.mean:.3g}× backprop's iterations in "
                  f"{per_step.n} of {total} seed(s)" if per_step.n else
@@ -165,7 +171,7 @@ def _per_seed_line(seeds: dict[int, dict[str, MnistRun]], window: int) -> str:
             continue
         m = seed_metrics(runs["forward"], runs["backprop"], window)
         steps = int(runs["forward"].summary["steps"])
-        if m["T_f/T_b"] is None:  # the two runs ran on different machines
+        if m["cross_machine"]:
             reach = (f"forward at step {m['step_f']:,.0f}, {m['step_f/step_b']:.3g}× backprop's "
                      "steps" if math.isfinite(m["step_f"]) else
                      f"forward not reached in {steps:,} steps")

@@ -121,10 +121,9 @@ def time_conv_parts(model: nn.Module, params: PyTree, batch_size: int, cfg: dict
         kx, kw, kd = jax.random.split(jax.random.key(seed + k), 3)
         x = jax.random.normal(kx, x_shape)
         w = jax.random.normal(kw, w_shape) / jnp.sqrt(w_shape[0] * w_shape[1] * w_shape[2])
-        y_shape = jax.eval_shape(_parts(w_shape, padding)["forward"], x, w, None).shape
-        dy = jax.random.normal(kd, y_shape)
-        compiled = {n: jax.jit(f).lower(x, w, dy).compile()
-                    for n, f in _parts(w_shape, padding).items()}
+        fns = _parts(w_shape, padding)
+        dy = jax.random.normal(kd, jax.eval_shape(fns["forward"], x, w, None).shape)
+        compiled = {n: jax.jit(f).lower(x, w, dy).compile() for n, f in fns.items()}
         results = {n: c(x, w, dy) for n, c in compiled.items()}
         samples = time_interleaved(
             {n: partial(_call, c, (x, w, dy)) for n, c in compiled.items()},
