@@ -42,6 +42,24 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def cpu_steal_s() -> float | None:
+    """CPU seconds the hypervisor has taken from this virtual machine since boot (the ``steal``
+    field of ``/proc/stat``, all cores together), or None where that is not reported.
+
+    On a shared VM, time a job spends waiting for a stolen core counts in its wall time: the
+    difference of two readings says how much of a run's wall time was not the run's.
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    return int(fields[8]) / ticks
+
+
 def device_name() -> str:
     """The default device in words, e.g. ``"NVIDIA H100 80GB HBM3"`` or ``"cpu (2 cores)"``."""
     dev = jax.devices()[0]

@@ -102,3 +102,28 @@ def test_a_test_function_run_that_reaches_nan_is_diverged_not_complete(tmp_path:
     assert summary["status"] == "diverged" and 0 < summary["diverged_step"] < 250
     assert "rosenbrock_forward: f(x) became non-finite at iteration" in proc.stderr
     assert json.loads((tmp_path / "beale_forward.json").read_text())["status"] == "complete"
+
+
+def test_reproduce_records_the_cpu_time_the_hypervisor_stole(tmp_path: Path, monkeypatch):
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    (experiments / "test_functions.py").write_text(TINY.format(beale=100))
+    readings = iter([100.0, 101.0, 131.0, 140.0])  # start; before, after the experiment; end
+    monkeypatch.setattr(fgrad.lab.reproduce, "cpu_steal_s", lambda: next(readings))
+    monkeypatch.setattr(fgrad.lab.reproduce, "make_figures", lambda out, sections: [])
+    out = tmp_path / "out"
+    inv = fgrad.lab.reproduce.reproduce("cpu", out, ["test_functions"], directory=experiments)
+    assert inv["experiment_cpu_steal_s"] == {"test_functions": 30.0}
+    assert inv["cpu_steal_s"] == 40.0 and inv["cpu_cores"] >= 1
+    header = (out / "REPORT.md").read_text().split("Definitions.")[0]
+    assert "the hypervisor took 30 CPU-s of the" in header and "`/proc/stat` steal" in header
+
+
+def test_cpu_steal_is_read_from_proc_stat_where_linux_reports_it():
+    from fgrad._env import cpu_steal_s
+
+    stolen = cpu_steal_s()
+    if Path("/proc/stat").exists():
+        assert isinstance(stolen, float) and stolen >= 0.0
+    else:
+        assert stolen is None

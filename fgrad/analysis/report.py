@@ -78,6 +78,18 @@ def _machine_lines(envs: Sequence[tuple[str, dict]]) -> list[str]:
     return [f"- Machine ({', '.join(names)}): {line}." for line, names in by_line.items()]
 
 
+def _steal_note(invocation: dict) -> str:
+    """How much CPU time the hypervisor took during an invocation's experiments, if recorded."""
+    stolen = [v for v in (invocation.get("experiment_cpu_steal_s") or {}).values()
+              if v is not None]
+    wall, cores = invocation.get("experiments_wall_time_s"), invocation.get("cpu_cores")
+    if not stolen or not wall or not cores:
+        return ""
+    share = sum(stolen) / (wall * cores)
+    return (f" Meanwhile the hypervisor took {sum(stolen):.0f} CPU-s of the {cores} cores' "
+            f"{wall * cores:.0f} ({100 * share:.1f} %, `/proc/stat` steal).")
+
+
 def _header(out: Path, sections: Sequence[Section], preset: str | None, command: str | None
             ) -> list[str]:
     record = read_json(out / "reproduce.json") if (out / "reproduce.json").exists() else {}
@@ -94,7 +106,7 @@ def _header(out: Path, sections: Sequence[Section], preset: str | None, command:
                      f"wall time {last['experiments_wall_time_s']:.1f} s for "
                      f"{', '.join(last['experiments'])} (runs already complete are skipped); "
                      f"{total:.1f} s over all {len(runs)} recorded invocation(s) "
-                     "(`reproduce.json`).")
+                     "(`reproduce.json`)." + _steal_note(last))
     envs = result_envs(out, sections)
     dates = sorted({str(env["date"])[:10] for _, env in envs if env.get("date")})
     if dates:

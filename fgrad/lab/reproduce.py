@@ -2,17 +2,21 @@
 
 Runs already complete are skipped (an interrupted reproduce resumes where it stopped;
 unfinished MNIST runs continue from their last checkpoint); ``force`` reruns them. The command
-and its wall time are recorded in ``OUT/reproduce.json`` and the report's header.
+and its wall time are recorded in ``OUT/reproduce.json`` and the report's header, with the CPU
+seconds the hypervisor stole from the machine meanwhile (``cpu_steal_s``, Linux; on a shared VM
+they lengthen the wall time without being the run's).
 """
 
 from __future__ import annotations
 
 import datetime
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fgrad._env import cpu_steal_s
 from fgrad._results import ResultsError, read_json, write_json
 from fgrad.analysis.figures import make_figures
 from fgrad.analysis.report import write_report
@@ -31,6 +35,12 @@ def run_experiment(name: str, preset: str, out: Path, opts: RunOptions,
     t0 = time.perf_counter()
     registry.runner(cfg.kind)(cfg, out, opts)
     return time.perf_counter() - t0
+
+
+def _stolen(since: float | None) -> float | None:
+    """CPU seconds stolen by the hypervisor since the reading ``since`` (None if unknown)."""
+    now = cpu_steal_s()
+    return None if since is None or now is None else now - since
 
 
 def select(only: str | None, preset: str, groups: Sequence[str] = GROUPS,
@@ -81,12 +91,12 @@ def reproduce(preset: str = "cpu", out: str | Path | None = None,
     """
     out = Path(out or Path("results") / preset)
     names = list(names or select(None, preset, directory=directory))
-    t0 = time.perf_counter()
+    t0, steal0 = time.perf_counter(), cpu_steal_s()
     now = datetime.datetime.now(datetime.timezone.utc)
     inv: dict[str, Any] = {
         "command": command or f"reproduce(preset={preset!r}, out={str(out)!r})",
         "date": now.isoformat(timespec="seconds"), "started": now.isoformat(),
-        "figures_only": figures_only, "force": force,
+        "figures_only": figures_only, "force": force, "cpu_cores": os.cpu_count(),
         "experiments": [] if figures_only else names}
     sections = registry.sections(select(None, preset, REPORTED, directory), preset, directory)
     if figures_only and not any((out / s.name).is_dir() for s in sections):
@@ -98,17 +108,20 @@ def reproduce(preset: str = "cpu", out: str | Path | None = None,
     out.mkdir(parents=True, exist_ok=True)
     if not figures_only:
         opts = RunOptions(force=force, mnist_dir=mnist_dir)
-        per = {}
+        per, stolen = {}, {}
         for name in names:
             print(f"== {name} ({preset}) → {out / name}", flush=True)
+            before = cpu_steal_s()
             per[name] = run_experiment(name, preset, out / name, opts, directory)
-        inv.update(experiment_wall_time_s=per, experiments_wall_time_s=sum(per.values()))
+            stolen[name] = _stolen(before)
+        inv.update(experiment_wall_time_s=per, experiments_wall_time_s=sum(per.values()),
+                   experiment_cpu_steal_s=stolen)
         _record(out, preset, inv)
     t1 = time.perf_counter()
     figures = make_figures(out, sections)
     report = write_report(out, sections, preset, inv["command"])
     inv.update(figures_wall_time_s=time.perf_counter() - t1,
-               wall_time_s=time.perf_counter() - t0,
+               wall_time_s=time.perf_counter() - t0, cpu_steal_s=_stolen(steal0),
                figures=[str(p) for p in figures], report=str(report))
     _record(out, preset, inv)
     return inv

@@ -23,6 +23,7 @@ from fgrad.lab.run import RunOptions
 from fgrad.train.step import synthetic_data
 
 DEPTH_METHODS = ("f", "backprop", "fwd-normal-k1", "fwd-lowrank-normal-k1-r1")
+SINGLE_STEP_S = 0.05  # steps at least this long are timed one per call
 
 
 def memory_breakdown(full: dict[str, int], at_half: dict[str, int], batch_size: int,
@@ -80,8 +81,9 @@ def depth_case(width: int, depth: int, batch_size: int, cfg: dict[str, Any]) -> 
                            "param_bytes": param_bytes, "methods": {}}
     runs, steps = {}, {}
     # Timed as training runs them: the MLP's steps per compiled call on this backend (f too),
-    # fewer where one call would exceed ~0.5 s (there dispatch is negligible), so R_f and R_b
-    # agree with the training runs' and the benchmark's scan rows
+    # fewer where one call would exceed ~0.5 s, and one where a step takes ≥ 50 ms (in both,
+    # dispatch is negligible), so R_f and R_b agree with the training runs' and the benchmark's
+    # scan rows without compiling deep models' steps a third time
     scan = steps_per_call("mlp", jax.default_backend(), None)
     row["scan_steps"] = {}
     for name in cfg.get("methods", DEPTH_METHODS):
@@ -99,7 +101,8 @@ def depth_case(width: int, depth: int, batch_size: int, cfg: dict[str, Any]) -> 
             c.run()
             t0 = time.perf_counter()
             c.run()
-            s = timing.choose_scan_steps(time.perf_counter() - t0, 0.5, scan)
+            s = timing.choose_scan_steps(time.perf_counter() - t0, 0.5, scan,
+                                         single_step_s=SINGLE_STEP_S)
             if s > 1:
                 c = timing.compile_method(m, loss_fn, params, data, batch_size, s, seed, opts)
         row["scan_steps"][name] = c.steps
@@ -109,8 +112,10 @@ def depth_case(width: int, depth: int, batch_size: int, cfg: dict[str, Any]) -> 
             run()
             row["methods"][name]["process_peak_rss_after"] = process_peak_rss_bytes()
             row["methods"][name]["device_peak_after"] = device_peak_bytes()
+        # the first runs above are the first of the ``warmup`` untimed calls
         samples = timing.time_interleaved(runs, steps, int(cfg["rounds"]),
-                                          float(cfg["min_round_s"]), int(cfg.get("warmup", 1)))
+                                          float(cfg["min_round_s"]),
+                                          max(0, int(cfg.get("warmup", 1)) - 1))
         for name, s in samples.items():
             row["methods"][name]["time"] = timing.summarize(s)
         f_ms = row["methods"].get("f", {}).get("time", {}).get("ms")
