@@ -14,8 +14,8 @@ import pytest
 from fgrad._models import cross_entropy_loss, init_params, make_model
 from fgrad._xla_flags import FGRAD_COMPILER_OPTIONS, FGRAD_XLA_FLAGS, configure_xla_flags
 from fgrad.lab.run.bench import case_ratios
-from fgrad.lab.run.depth_sweep import memory_breakdown, run_depth_sweep
-from fgrad.lab.timing import choose_scan_steps, device_slug, method_from_name, time_interleaved
+from fgrad.lab.run.depth_sweep import memory_breakdown, run_depth_sweep, scan_steps_for
+from fgrad.lab.timing import device_slug, method_from_name, time_interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,12 +79,11 @@ def test_depth_sweep_backprop_memory_grows_with_depth_forward_stays_flat(tmp_pat
     assert (tmp_path / "depth_sweep.md").read_text().count("\n| 8 |") == 2
 
 
-def test_choose_scan_steps_targets_the_call_length_and_keeps_long_steps_single():
-    assert choose_scan_steps(0.01, 0.5, 50) == 50  # capped
-    assert choose_scan_steps(0.02, 0.5, 50) == 25
-    assert choose_scan_steps(0.4, 0.5, 50) == 2  # at least 2 without single_step_s
-    assert choose_scan_steps(0.4, 0.5, 50, single_step_s=0.05) == 1
-    assert choose_scan_steps(0.049, 0.5, 50, single_step_s=0.05) == 10
+def test_depth_sweep_scans_short_steps_and_times_long_ones_one_per_call():
+    assert scan_steps_for(0.01, 50) == 50  # capped
+    assert scan_steps_for(0.02, 50) == 25  # ~0.5 s per call
+    assert scan_steps_for(0.049, 50) == 10
+    assert scan_steps_for(0.05, 50) == 1 and scan_steps_for(0.4, 50) == 1
 
 
 def test_fgrad_xla_flags_leave_cnn_gradients_unchanged():

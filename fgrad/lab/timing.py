@@ -341,16 +341,8 @@ def summarize(samples: list[float]) -> dict[str, float]:
             "ms_p75": float(np.percentile(a, 75)), "ms_min": float(a.min()), "n": int(a.size)}
 
 
-def choose_scan_steps(step_s: float, target_call_s: float, max_steps: int,
-                      single_step_s: float | None = None) -> int:
-    """Scan length S so one scanned call takes about ``target_call_s`` (2 ≤ S ≤ max_steps).
-
-    With ``single_step_s``, a step that takes at least that long gets S = 1: a call's dispatch
-    (tens of µs on CPU) is then a negligible part of it, and the caller keeps its plain jitted
-    step instead of compiling a scanned one.
-    """
-    if single_step_s is not None and step_s >= single_step_s:
-        return 1
+def choose_scan_steps(step_s: float, target_call_s: float, max_steps: int) -> int:
+    """Scan length S so one scanned call takes about ``target_call_s`` (2 ≤ S ≤ max_steps)."""
     return int(min(max_steps, max(2, round(target_call_s / max(step_s, 1e-7)))))
 
 

@@ -56,6 +56,13 @@ def memory_breakdown(full: dict[str, int], at_half: dict[str, int], batch_size: 
             "reference_batch_size": half_batch, "xla": full, "xla_reference": at_half}
 
 
+def scan_steps_for(step_s: float, max_steps: int) -> int:
+    """Steps per timed call for a step of ``step_s`` seconds: one for a step of at least
+    :data:`SINGLE_STEP_S` (its dispatch, tens of µs, is negligible: no scanned version is
+    compiled), else about 0.5 s of steps (2 ≤ S ≤ ``max_steps``)."""
+    return 1 if step_s >= SINGLE_STEP_S else timing.choose_scan_steps(step_s, 0.5, max_steps)
+
+
 def depth_case(width: int, depth: int, batch_size: int, cfg: dict[str, Any]) -> dict[str, Any]:
     """One (depth, batch size) of the depth sweep, in this process.
 
@@ -101,8 +108,7 @@ def depth_case(width: int, depth: int, batch_size: int, cfg: dict[str, Any]) -> 
             c.run()
             t0 = time.perf_counter()
             c.run()
-            s = timing.choose_scan_steps(time.perf_counter() - t0, 0.5, scan,
-                                         single_step_s=SINGLE_STEP_S)
+            s = scan_steps_for(time.perf_counter() - t0, scan)
             if s > 1:
                 c = timing.compile_method(m, loss_fn, params, data, batch_size, s, seed, opts)
         row["scan_steps"][name] = c.steps
