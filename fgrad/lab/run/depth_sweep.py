@@ -88,9 +88,8 @@ def depth_case(width: int, depth: int, batch_size: int, cfg: dict[str, Any]) -> 
                            "param_bytes": param_bytes, "methods": {}}
     runs, steps = {}, {}
     # Timed as training runs them: the MLP's steps per compiled call on this backend (f too),
-    # fewer where one call would exceed ~0.5 s, and one where a step takes ≥ 50 ms (in both,
-    # dispatch is negligible), so R_f and R_b agree with the training runs' and the benchmark's
-    # scan rows without compiling deep models' steps a third time
+    # or fewer (scan_steps_for), so R_f and R_b agree with the training runs' and the
+    # benchmark's scan rows
     scan = steps_per_call("mlp", jax.default_backend(), None)
     row["scan_steps"] = {}
     for name in cfg.get("methods", DEPTH_METHODS):
