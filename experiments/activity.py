@@ -22,7 +22,7 @@ import sys
 
 from fgrad.lab.config import experiment, local_loss_variants
 
-MODEL = {"width": 1024, "depth": 2, "init_scheme": "pytorch"}
+MODEL = {"width": 1024, "depth": 2}
 VARIANTS = local_loss_variants(MODEL)
 
 PRESETS = {

@@ -22,7 +22,6 @@ import sys
 
 from fgrad.lab.config import experiment, local_loss_variants
 
-MODEL = {"init_scheme": "pytorch"}
 STEPS, EVAL = 470, 235  # half an epoch (30,080 examples), test error twice: what fits
 PRESETS = {
     "cpu": {"seeds": [0], "best_rate_seeds": [1], "learning_rates": [1e-4, 3e-4, 1e-3]},
@@ -36,8 +35,8 @@ def get_config(preset: str = "cpu"):
                       report="activity",
                       title="Activity perturbation and local losses on the CNN, each method at "
                       "its best rate (beyond the paper)",
-                      model="cnn", model_kwargs=MODEL, optimizer="adam",
-                      variants=local_loss_variants(MODEL), steps=STEPS, eval_every=EVAL)
+                      model="cnn", optimizer="adam",
+                      variants=local_loss_variants({}), steps=STEPS, eval_every=EVAL)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ Run:
 For each batch size and depth (one process each, unless --isolate False): R_f = T(fwd step)/T(f)
 and R_b = T(bp step)/T(f) (medians of interleaved rounds; each timed call runs S steps, S as in
 training, fewer where a call would exceed 0.5 s, one where a step takes ≥ 50 ms), and for both
-steps XLA's peak memory split into parameter-sized buffers and the rest (from two compilations, at B and B/2: see
-fgrad/lab/run/depth_sweep.py). The batch is passed as an argument, so the data set never counts.
+steps XLA's peak memory split into parameter-sized buffers and the rest (from two compilations,
+at B and B/2: see fgrad/lab/run/depth_sweep.py). The batch is passed as an argument, so the data
+set never counts.
 Writes one JSON object (environment, config, rows, summary) and a Markdown table beside it.
 """
 

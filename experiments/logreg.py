@@ -15,7 +15,6 @@ import sys
 
 from fgrad.lab.config import experiment
 
-MODEL = {"init_scheme": "pytorch"}  # the paper's code's (PyTorch's) initialisation
 PRESETS = {
     "cpu": {"seeds": [0, 1]},
     "full": {"seeds": [0, 1, 2]},
@@ -25,7 +24,7 @@ PRESETS = {
 
 def get_config(preset: str = "cpu"):
     return experiment("mnist", PRESETS[preset], name="logreg", order=20,
-                      title="Logistic regression on MNIST", model="logreg", model_kwargs=MODEL,
+                      title="Logistic regression on MNIST", model="logreg",
                       learning_rates=[2e-4], steps=25_000, eval_every=1_000)
 
 

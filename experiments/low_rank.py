@@ -33,8 +33,7 @@ def get_config(preset: str = "cpu"):
                       report="tangents",
                       title="Low-rank tangents: loss per iteration and per second (beyond the "
                       "paper)",
-                      model="mlp", model_kwargs={"width": 1024, "depth": 2,
-                                                 "init_scheme": "pytorch"},
+                      model="mlp", model_kwargs={"width": 1024, "depth": 2},
                       learning_rates=[2e-4], variants=VARIANTS, steps=20_000, eval_every=1_000)
 
 

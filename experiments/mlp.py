@@ -15,7 +15,7 @@ import sys
 
 from fgrad.lab.config import experiment
 
-MODEL = {"width": 1024, "depth": 2, "init_scheme": "pytorch"}
+MODEL = {"width": 1024, "depth": 2}
 
 
 def _both(learning_rate: float, seeds: list[int]) -> list[dict]:

@@ -30,7 +30,7 @@ def get_config(preset: str = "cpu"):
                       title="Control: forward gradient vs backprop plus the same noise, per "
                       "iteration (beyond the paper)",
                       model="mlp",
-                      model_kwargs={"width": 1024, "depth": 2, "init_scheme": "pytorch"},
+                      model_kwargs={"width": 1024, "depth": 2},
                       learning_rates=[2e-4], methods=["forward", "backprop", "backprop_noise"],
                       steps=20_000, eval_every=500)
 

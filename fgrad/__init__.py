@@ -7,7 +7,8 @@ Public API:
   transformations, chained with any optax optimizer.
 * :func:`paper_schedule`, :func:`make_optimizer`, :func:`clip_global_norm` — η_i = η₀·e^(−ik)
   and the chain around it (optionally clipped).
-* :func:`load_mnist` (IDX files or TFDS), Flax models :func:`make_model` (logreg, mlp, cnn),
+* :func:`load_mnist` (IDX files or TFDS) and :func:`scale_inputs` (:data:`INPUTS`: standardised
+  or ``[0, 1]`` pixels), Flax models :func:`make_model` (logreg, mlp, cnn),
   :func:`cross_entropy_loss`; local losses (``local_losses=True``, per-block classifiers):
   :func:`block_losses`, :func:`training_loss`.
 * :func:`sample_tangents`, :func:`gradient_diagnostics`, :func:`beale`, :func:`rosenbrock`.
@@ -33,7 +34,7 @@ from fgrad._lowrank import (
     sample_low_rank_tangents,
     tangent_mse,
 )
-from fgrad._mnist import Mnist, MnistError, load_mnist, read_idx
+from fgrad._mnist import INPUTS, Mnist, MnistError, load_mnist, read_idx, scale_inputs
 from fgrad._models import (
     CNN,
     MLP,
@@ -65,6 +66,7 @@ __all__ = [
     "activity_layers",
     "activity_perturbation_source",
     "CNN",
+    "INPUTS",
     "MLP",
     "LogisticRegression",
     "LowRankTangents",
@@ -75,6 +77,7 @@ __all__ = [
     "cross_entropy_loss",
     "init_params",
     "load_mnist",
+    "scale_inputs",
     "low_rank_layers",
     "make_model",
     "read_idx",

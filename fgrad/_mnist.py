@@ -2,9 +2,13 @@
 
 ``load_mnist`` reads the standard IDX files (plain or gzipped) from a directory given as an
 argument or by the environment variable ``FGRAD_MNIST_DIR``; with neither it downloads MNIST
-with TFDS. Either way it returns :class:`Mnist`: float32 images in ``[0, 1]`` (``x / 255``, the
-``ToTensor`` scaling of the paper's PyTorch pipeline) shaped ``(N, 28, 28, 1)`` and int32
-labels shaped ``(N,)``.
+with TFDS. Either way it returns :class:`Mnist`: float32 images in ``[0, 1]`` (``x / 255``,
+PyTorch's ``ToTensor``) shaped ``(N, 28, 28, 1)`` and int32 labels shaped ``(N,)``.
+
+:func:`scale_inputs` then gives the images an input convention (:data:`INPUTS`):
+``"standardize"``, PyTorch's MNIST convention ``(x/255 − 0.1307) / 0.3081`` (``ToTensor`` then
+``Normalize((0.1307,), (0.3081,))``: the training set's pixel mean and standard deviation), or
+``"unit"``, the ``[0, 1]`` pixels as loaded.
 
 Every problem with the data raises :class:`MnistError`, whose message is one line naming the
 file, what is wrong with it and how to fix it.
@@ -43,6 +47,14 @@ _FIX_DIR = (
     f"set {ENV_VAR} or --mnist-dir to the IDX files' directory, "
     "or unset both to download MNIST with TFDS"
 )
+# The MNIST training set's pixel mean and standard deviation on the [0, 1] scale, to 4 decimals
+# as torchvision's MNIST examples write them (tests/test_mnist.py recomputes them from the
+# IDX files: 0.13066 and 0.30811).
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+# Input conventions of :func:`scale_inputs`: "standardize" (the default of every experiment)
+# and "unit" (x / 255, for the record of what scaling does to forward gradients).
+INPUTS = ("standardize", "unit")
 # Where TFDS downloads MNIST from (tensorflow_datasets/image_classification/mnist.py,
 # ``_MNIST_URL``, the builder's ``URL``); the builder's own value is used when it has one.
 TFDS_MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
@@ -70,6 +82,38 @@ class Mnist(NamedTuple):
     train_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
+
+
+def check_inputs(inputs: str) -> None:
+    """Raises a one-line ValueError unless ``inputs`` is one of :data:`INPUTS`."""
+    if inputs not in INPUTS:
+        raise ValueError(f"unknown input convention {inputs!r}: use one of {', '.join(INPUTS)} "
+                         "(--inputs standardize or --inputs unit)")
+
+
+def scale_inputs(data: Mnist, inputs: str) -> Mnist:
+    """MNIST with its images in the input convention ``inputs``.
+
+    ``"standardize"``: x ↦ (x − μ) / σ with μ = :data:`MNIST_MEAN`, σ = :data:`MNIST_STD`
+    (the training set's statistics, applied to both splits), so the training pixels have mean
+    ≈ 0 and standard deviation ≈ 1; ``"unit"``: the images as loaded, in ``[0, 1]``.
+
+    Args:
+        data: MNIST as :func:`load_mnist` returns it (pixels in ``[0, 1]``).
+        inputs: one of :data:`INPUTS`.
+
+    Returns:
+        A :class:`Mnist` with float32 images (the same object for ``"unit"``).
+
+    Example:
+        >>> train = scale_inputs(load_mnist(), "standardize").train_images  # mean ≈ 0, std ≈ 1
+    """
+    check_inputs(inputs)
+    if inputs == "unit":
+        return data
+    mean, std = np.float32(MNIST_MEAN), np.float32(MNIST_STD)
+    return data._replace(train_images=(data.train_images - mean) / std,
+                         test_images=(data.test_images - mean) / std)
 
 
 def _file_error(path: Path, problem: str) -> MnistError:

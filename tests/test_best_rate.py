@@ -94,11 +94,11 @@ def test_local_loss_variants_are_the_five_methods_of_both_comparisons():
     from fgrad.lab.config import local_loss_variants
     from fgrad.lab.registry import get
 
-    v = local_loss_variants({"init_scheme": "pytorch"}, head_hidden=16)
+    v = local_loss_variants({"width": 16}, head_hidden=16)
     assert [(x["name"], x["method"]) for x in v] == [
         ("backprop", "backprop"), ("backprop_local", "backprop"), ("forward", "forward"),
         ("activity", "activity"), ("activity_local", "activity")]
-    assert v[1]["model_kwargs"] == {"init_scheme": "pytorch", "local_losses": True,
+    assert v[1]["model_kwargs"] == {"width": 16, "local_losses": True,
                                     "head_hidden": 16}
     for name, model in (("activity", "mlp"), ("activity_cnn", "cnn")):
         cfg = get(name).config("cpu")

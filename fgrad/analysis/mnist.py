@@ -63,7 +63,9 @@ def _mnist_rows(window: int) -> list[tuple[str, str]]:
             ("target", f"backprop's best training loss (running mean of {window} steps)"),
             ("T_f", "T_f: wall time for forward gradient to reach it, s"),
             ("T_b", "T_b: wall time for backprop to reach it, s"),
-            ("T_f/T_b", "T_f / T_b")]
+            ("T_f/T_b", "T_f / T_b"),
+            ("step_f/step_b", "iterations to reach it, forward gradient ÷ backprop "
+                              "(hardware-independent; paper: its T_f/T_b ÷ R_f/R_b)")]
     for key, label in (("loss", "final training loss (mean of last 100 steps)"),
                        ("acc", "final test accuracy"),
                        ("mem", "memory of one step beyond the training set (XLA estimate), MiB"),
@@ -76,11 +78,17 @@ MNIST_ROWS = _mnist_rows(SMOOTH_WINDOW)
 
 
 def paper_values(experiment: str, learning_rate: float) -> dict[str, float]:
-    """The paper's published metrics for this experiment and η₀ (empty where it has none)."""
+    """The paper's published metrics for this experiment and η₀ (empty where it has none),
+    with the per-iteration ratio they imply where it gives both T_f/T_b and R_f/R_b:
+    T_f/T_b = (steps_f · step time_f) / (steps_b · step time_b), so steps_f/steps_b =
+    (T_f/T_b) / (R_f/R_b)."""
     by_lr = PAPER.get(experiment, {})
     for lr, values in by_lr.items():
         if lr is None or math.isclose(lr, learning_rate, rel_tol=1e-6):
-            return values
+            out = dict(values)
+            if "T_f/T_b" in out and "R_f/R_b" in out:
+                out["step_f/step_b"] = round(out["T_f/T_b"] / out["R_f/R_b"], 3)
+            return out
     return {}
 
 
@@ -181,7 +189,8 @@ def _per_seed_line(seeds: dict[int, dict[str, MnistRun]], window: int) -> str:
                          f"at step {m['step_b']:,.0f}")
         elif math.isfinite(m["T_f"]):
             parts.append(f"seed {seed}: {m['T_f/T_b']:.3g} (forward at step {m['step_f']:,.0f}, "
-                         f"backprop at step {m['step_b']:,.0f})")
+                         f"backprop at step {m['step_b']:,.0f}: {m['step_f/step_b']:.3g} of "
+                         "backprop's iterations)")
         else:
             parts.append(f"seed {seed}: not reached in {steps:,} steps (T_f/T_b > "
                          f"{m['T_f/T_b_bound']:.3g}; backprop at step {m['step_b']:,.0f})")
@@ -200,6 +209,24 @@ def _schedule_line(runs: Sequence[MnistRun], lr: float) -> str:
     return (f"The schedule η_i = η₀·e^(−ik) (k = {k:g}) gives a run of {steps:,} steps a total "
             f"step size Σ η_i = η₀(1 − e^(−Nk))/k = {total:.3g}, of at most η₀/k = {lr / k:.3g} "
             "for any length.")
+
+
+def _iteration_sentence(stats: dict[str, Stat | None], paper: dict[str, float]) -> str:
+    """Per iteration: forward's steps to backprop's best loss over backprop's, against the
+    value the paper's T_f/T_b and R_f/R_b imply."""
+    ratio = stats.get("step_f/step_b")
+    if ratio is None:
+        return ""
+    total = ratio.n + ratio.missed
+    published = (f"; the paper's numbers imply {paper['step_f/step_b']:.3g} (its T_f/T_b ÷ "
+                 "R_f/R_b)" if "step_f/step_b" in paper else "")
+    if ratio.n == 0:
+        return (f"Per iteration, forward gradient did not reach backprop's best loss in any of "
+                f"{total} seed(s){published}.")
+    fewer = "fewer" if ratio.mean < 1 else "more"
+    return (f"Per iteration (independent of the hardware), forward gradient needed "
+            f"{ratio.mean:.3g}× backprop's iterations to reach backprop's best loss ({fewer} "
+            f"iterations; {ratio.n} of {total} seed(s) reached it){published}.")
 
 
 def _accuracy_sentence(stats: dict[str, Stat | None]) -> str:
@@ -235,7 +262,8 @@ def mnist_section(exp_dir: Path, window: int = SMOOTH_WINDOW) -> list[str]:
             lines += ["", per_seed]
         summary.append(f"At η₀ = {lr:g}: " + " ".join(
             s for s in (_time_sentence(stats, paper, steps, window),
-                        _speed_sentence(stats, paper), _accuracy_sentence(stats)) if s))
+                        _iteration_sentence(stats, paper), _speed_sentence(stats, paper),
+                        _accuracy_sentence(stats)) if s))
     if summary:
         lines += ["", "**Summary.** " + " ".join(summary)]
     else:

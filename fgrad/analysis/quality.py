@@ -16,8 +16,8 @@ from matplotlib.ticker import NullFormatter
 from fgrad.analysis.family import Family
 from fgrad.analysis.metrics import quality_ratios
 from fgrad.analysis.plotting import _new_figure, curve_colors, style_axes
-from fgrad.analysis.runs import Excluded, _number, load_quality
-from fgrad.analysis.tables import NA, excluded_lines, fmt, markdown_table
+from fgrad.analysis.runs import Excluded, _number, init_of, inputs_of, load_quality
+from fgrad.analysis.tables import INIT_WORDS, INPUT_WORDS, NA, excluded_lines, fmt, markdown_table
 
 QUALITY_FORMULAS = (
     "Theory (`fgrad/lab/run/estimator_quality.py`; ∇ is the exact gradient on one fixed "
@@ -112,7 +112,9 @@ def _quality_setup(summary: dict[str, Any]) -> str:
     return (f"n = {n} parameters; M = {samples} estimates per setting (column M) on one "
             f"minibatch of {cfg.get('batch_size', '?')}; *init*: at initialisation, *trained*: "
             "after "
-            f"{cfg.get('train_steps', '?')} backprop SGD steps (η = {cfg.get('train_lr', '?')}).")
+            f"{cfg.get('train_steps', '?')} backprop SGD steps (η = {cfg.get('train_lr', '?')}). "
+            f"Inputs: {INPUT_WORDS.get(inputs_of(cfg), inputs_of(cfg))}; "
+            f"{INIT_WORDS.get(init_of(cfg), init_of(cfg))}.")
 
 
 def estimator_quality_section(exp_dir: Path) -> list[str]:

@@ -100,6 +100,27 @@ class MnistRun:
         """The machine that made the run (:func:`machine_of`)."""
         return machine_of(self.summary.get("env") or {})
 
+    @property
+    def inputs(self) -> str:
+        """The run's input convention (:data:`fgrad._mnist.INPUTS`)."""
+        return inputs_of(self.summary.get("config") or {})
+
+    @property
+    def init(self) -> str:
+        """The run's initialisation (a key of :data:`fgrad._layers.INITS`)."""
+        return init_of(self.summary.get("config") or {})
+
+
+def inputs_of(config: dict[str, Any]) -> str:
+    """A run config's input convention; runs made before the key existed trained on x/255."""
+    return str(config.get("inputs", "unit"))
+
+
+def init_of(config: dict[str, Any]) -> str:
+    """A run config's initialisation; before the ``init`` key it was the model's own field."""
+    return str(config.get("init") or (config.get("model_kwargs") or {}).get("init_scheme")
+               or "flax")
+
 
 def machine_of(env: dict[str, Any]) -> str:
     """A machine's name from a results file's ``env``: the CPU model, vector extension and core

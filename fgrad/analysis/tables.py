@@ -60,9 +60,28 @@ def excluded_lines(excluded: Sequence[Excluded]) -> list[str]:
             *[e.describe() for e in excluded]]
 
 
+INPUT_WORDS = {"standardize": "standardised pixels (x/255 − 0.1307)/0.3081 (PyTorch's MNIST "
+               "convention)", "unit": "pixels x/255 in [0, 1], not standardised"}
+INIT_WORDS = {"pytorch": "PyTorch's initialisation", "flax": "Flax's initialisation"}
+
+
+def _words(values: set[str], words: dict[str, str]) -> str:
+    text = " and ".join(words.get(v, v) for v in sorted(values))
+    return f"mixed: {text}" if len(values) > 1 else text
+
+
+def data_line(runs: Sequence[MnistRun]) -> str:
+    """The runs' input convention and initialisation, e.g. "Inputs: standardised pixels …;
+    PyTorch's initialisation." (both stated when the runs differ)."""
+    return (f"Inputs: {_words({r.inputs for r in runs}, INPUT_WORDS)}; "
+            f"{_words({r.init for r in runs}, INIT_WORDS)}.")
+
+
 def setup_line(runs: Sequence[MnistRun]) -> str:
-    """Steps, batch size and seeds of some runs, and how values are aggregated."""
+    """Steps, batch size, seeds, input convention and initialisation of some runs, and how
+    values are aggregated."""
     steps = max(int(r.summary["steps"]) for r in runs)
     batch = runs[0].summary.get("config", {}).get("batch_size", "?")
     seeds = ", ".join(str(s) for s in sorted({r.seed for r in runs}))
-    return f"{steps} steps, batch {batch}, seeds {seeds}; mean ± std over seeds (ddof = 0)."
+    return (f"{steps} steps, batch {batch}, seeds {seeds}; mean ± std over seeds (ddof = 0). "
+            f"{data_line(runs)}")

@@ -115,10 +115,22 @@ class Model:
         return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(self.params)))
 
 
-def build_model(name: str, model_kwargs: Mapping[str, Any], key: jax.Array) -> Model:
+def build_model(name: str, model_kwargs: Mapping[str, Any], key: jax.Array,
+                init: str | None = None) -> Model:
     """The model ``name`` with ``model_kwargs``, its parameters from ``key`` and its
-    training loss (cross-entropy; per block with local losses)."""
-    module = make_model(name, **dict(model_kwargs))
+    training loss (cross-entropy; per block with local losses).
+
+    Args:
+      name: a key of :data:`fgrad._models.MODELS`.
+      model_kwargs: the model's fields (width, depth, local_losses, ...).
+      key: the parameters' PRNG key.
+      init: the config key ``init`` (a key of :data:`fgrad._layers.INITS`), passed as the
+        model's ``init_scheme``; None leaves the model's own default.
+    """
+    kwargs = dict(model_kwargs)
+    if init is not None:
+        kwargs["init_scheme"] = init
+    module = make_model(name, **kwargs)
     return Model(module, init_params(module, key), training_loss(module))
 
 

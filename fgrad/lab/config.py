@@ -28,7 +28,9 @@ from typing import Any
 
 from ml_collections import ConfigDict, config_dict
 
+from fgrad._layers import INITS
 from fgrad._lowrank import TANGENTS
+from fgrad._mnist import INPUTS
 
 # The presets of make reproduce: "cpu" (the default, short enough for a 2-core CPU), "full" (the
 # paper's lengths with the seeds that fit in about 3 hours on that CPU) and "paper" (the paper's
@@ -54,6 +56,14 @@ def _int() -> Any:
     return config_dict.placeholder(int)
 
 
+def _data() -> dict[str, Any]:
+    """How MNIST enters a model, one choice for every MNIST experiment: ``inputs`` (see
+    :func:`fgrad._mnist.scale_inputs`: ``"standardize"``, PyTorch's (x/255 − 0.1307)/0.3081, or
+    ``"unit"``, x/255) and ``init``, every layer's initialisation (a key of
+    :data:`fgrad._layers.INITS`: ``"pytorch"``, the paper's code's, or ``"flax"``)."""
+    return {"inputs": "standardize", "init": "pytorch"}
+
+
 def _mnist() -> dict[str, Any]:
     """The paper's MNIST protocol: both methods, batch 64, plain SGD with η_i = η₀·e^(−ik),
     k = 1e-4, one normal tangent per step (i.i.d. entries; ``tangents="low_rank"`` with
@@ -64,7 +74,7 @@ def _mnist() -> dict[str, Any]:
     when interrupted); ``clip_norm`` c > 0 clips each gradient estimate to global norm c (0, the
     paper's: none); ``best_rate_seeds``: seeds run after the sweep (``seeds`` over the
     learning rates), only at each variant's best rate (lowest final training loss)."""
-    return {**_estimator(), "tangents": "iid", "rank": 1, "num_perturbations": 1,
+    return {**_estimator(), **_data(), "tangents": "iid", "rank": 1, "num_perturbations": 1,
             "mask_relu": True, "model": "mlp", "model_kwargs": {},
             "steps": 1000, "seeds": [0],
             "learning_rates": [2e-4], "methods": ["forward", "backprop"], "variants": [],
@@ -81,7 +91,8 @@ def _test_functions() -> dict[str, Any]:
 
 
 def _estimator_quality() -> dict[str, Any]:
-    return {"models": {}, "batch_size": 64, "seed": 0, "train_steps": 20, "train_lr": 0.05,
+    return {**_data(), "models": {}, "batch_size": 64, "seed": 0, "train_steps": 20,
+            "train_lr": 0.05,
             "target_rse": 0.05}
 
 
@@ -214,6 +225,24 @@ def _check_tangents(run: Mapping[str, Any], where: str) -> None:
                          "--tangents iid")
 
 
+def _check_data(run: Mapping[str, Any], where: str) -> None:
+    """``inputs`` and ``init`` are known; the initialisation is set by ``init`` only."""
+    inputs, init = run.get("inputs"), run.get("init")
+    if inputs is not None and inputs not in INPUTS:
+        raise ValueError(f"inputs must be one of {', '.join(INPUTS)}, got {inputs!r} ({where}): "
+                         "pass --inputs standardize or --inputs unit")
+    if init is not None and init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r} ({where}): "
+                         "pass --init pytorch or --init flax")
+    models = run.get("models")  # estimator_quality: per-model settings
+    kwargs = [run.get("model_kwargs") or {}] + [
+        s.get("model_kwargs") or {} for s in (models.values() if isinstance(models, Mapping)
+                                              else []) if isinstance(s, Mapping)]
+    if any("init_scheme" in k for k in kwargs):
+        raise ValueError(f"model_kwargs.init_scheme is set ({where}): the initialisation is the "
+                         "config key init; pass --init pytorch or --init flax instead")
+
+
 def _check_activity(run: Mapping[str, Any], where: str) -> None:
     """``mask_relu`` is a bool (``--mask-relu False`` parses to one)."""
     mask = run.get("mask_relu")
@@ -239,7 +268,8 @@ def _check_multiples(run: Mapping[str, Any], where: str) -> None:
 
 def check(cfg: Mapping[str, Any]) -> None:
     """Checks the numbers of a config before anything is loaded: counts, sizes and periods
-    are positive integers (:data:`POSITIVE_INTS`, ...), ``tangents`` is known (and low-rank
+    are positive integers (:data:`POSITIVE_INTS`, ...), ``inputs`` and ``init`` are known (and
+    no ``model_kwargs`` sets ``init_scheme`` beside ``init``), ``tangents`` is known (and low-rank
     ones use the jvp), seeds are a count >= 1 or a non-empty list, an explicit
     ``steps_per_call`` divides ``steps`` and ``eval_every``, and a test function's ``steps``
     is a multiple of ``chunk``; every MNIST variant is checked with its overrides.
@@ -249,6 +279,8 @@ def check(cfg: Mapping[str, Any]) -> None:
     """
     name = cfg.get("name") or "config"
     _check_ints(cfg, name)
+    for v in [cfg, *(cfg.get("variants") or [])]:
+        _check_data({**cfg, **v}, name if v is cfg else f"{name}, variant {v.get('name')!r}")
     if cfg.get("kind") == "mnist":
         for v in cfg.get("variants") or []:
             _check_ints(v, f"{name}, variant {v.get('name')!r}")

@@ -39,7 +39,7 @@ from ml_collections import ConfigDict
 
 from fgrad._env import environment
 from fgrad._estimator import forward_gradient
-from fgrad._mnist import load_mnist
+from fgrad._mnist import load_mnist, scale_inputs
 from fgrad._results import is_done, write_json
 from fgrad._tangents import fourth_moment
 from fgrad._transforms import backprop_source, gradient_diagnostics
@@ -140,7 +140,8 @@ def _trained(model, loss_fn, params, images, labels, cfg):
 def model_rows(model_name: str, settings: dict[str, Any], data, cfg: dict[str, Any]
                ) -> list[dict[str, Any]]:
     """The measurements of one model: a row per point × (distribution, combine) × K."""
-    built = build_model(model_name, settings.get("model_kwargs", {}), jax.random.key(cfg["seed"]))
+    built = build_model(model_name, settings.get("model_kwargs", {}), jax.random.key(cfg["seed"]),
+                        cfg["init"])
     model, loss_fn, params0 = built.module, built.loss_fn, built.params
     b = cfg["batch_size"]
     n_train = (int(cfg["train_steps"]) + 1) * b
@@ -194,7 +195,7 @@ def run(cfg: ConfigDict, out_dir: Path, opts: RunOptions) -> None:
         else:
             todo.append((model_name, settings, path))
     for model_name, settings, path in todo:
-        data = data or load_mnist(mnist_dir)
+        data = data or scale_inputs(load_mnist(mnist_dir), cfg["inputs"])
         t0 = time.perf_counter()
         rows = model_rows(model_name, settings, data, cfg)
         write_json(path, {"experiment": cfg["name"], "model": model_name, "status": "complete",

@@ -26,7 +26,7 @@ from ml_collections import ConfigDict
 
 from fgrad._env import environment
 from fgrad._memory import compiled_memory, device_peak_bytes, process_peak_rss_bytes
-from fgrad._mnist import Mnist, load_mnist
+from fgrad._mnist import Mnist, load_mnist, scale_inputs
 from fgrad._results import (
     JsonlWriter,
     best_learning_rate,
@@ -54,7 +54,10 @@ from fgrad.train.step import (
     make_train_step,
 )
 
-MNIST_DEFAULTS = to_dict(defaults("mnist"))  # options added later count as made with these
+# Options added later count as made with these defaults, except the two that changed what
+# every run computes: runs made before ``inputs`` and ``init`` existed trained on x/255 pixels
+# with the model's own init_scheme (Flax's unless model_kwargs set it).
+MNIST_DEFAULTS = {**to_dict(defaults("mnist")), "inputs": "unit", "init": "flax"}
 CHECKPOINTS = ".ckpt"  # OUT/.ckpt/NAME: a run's mid-run checkpoints (git-ignored)
 
 
@@ -179,7 +182,7 @@ def train_run(cfg: Mapping[str, Any], data: Mnist, method: str, learning_rate: f
     Args:
       cfg: the run config (:func:`fgrad.lab.config.mnist_runs`): model, steps, batch_size,
         decay, optimizer, eval_every, steps_per_call, checkpoint_every and estimator options.
-      data: MNIST as host arrays.
+      data: MNIST as host arrays, pixels in [0, 1] (scaled here by ``cfg["inputs"]``).
       method: ``"forward"`` or ``"backprop"``.
       learning_rate: η₀.
       seed: seeds the parameters, the data order and the tangents (both methods of a seed start
@@ -195,7 +198,8 @@ def train_run(cfg: Mapping[str, Any], data: Mnist, method: str, learning_rate: f
     cfg = {k: v for k, v in {**to_dict(defaults("mnist")), **cfg}.items() if k != "variants"}
     steps, batch_size, chunk, eval_every, diag_every = _schedule(cfg, method)
     k_params, k_data = jax.random.split(jax.random.key(seed))
-    model = build_model(cfg["model"], cfg["model_kwargs"], k_params)
+    model = build_model(cfg["model"], cfg["model_kwargs"], k_params, cfg["init"])
+    data = scale_inputs(data, cfg["inputs"])
     # data_parallel: the global batch split over that many devices (fgrad.train.parallel).
     mesh = None if cfg["data_parallel"] is None else data_mesh(cfg["data_parallel"],
                                                                     batch_size)
