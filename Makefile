@@ -38,6 +38,7 @@ beyond: install
 
 figures: install
 	$(PY) -m fgrad reproduce --preset $(PRESET) --out $(OUT) --figures-only
+	$(PY) -m fgrad.analysis.readme   # the README's results block, from results/
 
 bench: install
 	$(PY) experiments/bench.py $(BENCH_ARGS)

@@ -19,7 +19,7 @@ from fgrad.analysis.metrics import (
     smoothed_loss,
     steps_to_reach,
 )
-from fgrad.analysis.plotting import _new_figure, _stack, band, style_axes
+from fgrad.analysis.plotting import _new_figure, _stack, band, legend_below, style_axes
 from fgrad.analysis.runs import MnistRun, load_mnist_runs
 from fgrad.analysis.tables import excluded_lines, fmt, format_stat, markdown_table, setup_line
 
@@ -137,20 +137,20 @@ def draw(data: tuple[list[MnistRun], list], name: str) -> Figure | None:
         rs = [seeds[s] for s in sorted(seeds)]
         label = METHOD_LABELS.get(method, method)  # band adds the seed count
         sm = [smoothed_loss(r) for r in rs]
-        band(axes[0, 0], sm[0][0], _stack([s[2] for s in sm]), method, label)
+        dashed = method == "forward"  # visible where it lies on backprop + noise
+        band(axes[0, 0], sm[0][0], _stack([s[2] for s in sm]), method, label, dashed=dashed)
         band(axes[0, 1], rs[0].eval_step, _stack([r.test_acc for r in rs]), method, label,
-             marker="o")
+             marker="o", dashed=dashed)
         if all(np.isfinite(r.param_norm).all() and r.param_norm.size for r in rs):
             band(axes[0, 2], rs[0].eval_step, _stack([r.param_norm for r in rs]), method,
-                 label, marker="o")
+                 label, marker="o", dashed=dashed)
     style_axes(axes[0, 0], "iteration", f"training loss (mean of {SMOOTH_WINDOW} steps)",
                "loss vs iterations", logy=True)
     style_axes(axes[0, 1], "iteration", "test accuracy", "test accuracy")
     style_axes(axes[0, 2], "iteration", "‖θ‖ (all parameters)", "weight norm")
-    axes[0, 0].legend(fontsize=6.5, loc="upper right", framealpha=0.8)  # late, high: empty
-    axes[0, 2].legend(fontsize=6.5, loc="center right", framealpha=0.8)  # between the curves
-    fig.suptitle(f"{name}: what makes forward gradients fast per iteration (mean over seeds, "
-                 "thin: each seed)", fontsize=11)
+    legend_below(fig, axes[0, 0], ncol=3)
+    fig.suptitle(f"{name}: forward gradient, backprop, and backprop plus noise of the same "
+                 "covariance (mean over seeds, thin: each seed)", fontsize=11)
     return fig
 
 

@@ -18,7 +18,7 @@ from fgrad.analysis.metrics import (
     seed_metrics,
     smoothed_loss,
 )
-from fgrad.analysis.plotting import COLORS, _new_figure, _stack, _thin, style_axes
+from fgrad.analysis.plotting import COLORS, _new_figure, _stack, _thin, legend_below, style_axes
 from fgrad.analysis.runs import Excluded, MnistRun, load_mnist_runs
 from fgrad.analysis.tables import (
     INPUT_WORDS,
@@ -146,8 +146,7 @@ def draw(data: tuple[list[MnistRun], list], name: str) -> Figure | None:
     style_axes(axes[0, 0], "iteration", f"training loss (mean of {SMOOTH_WINDOW} steps)",
                "training loss vs iterations")
     style_axes(axes[0, 1], "iteration", "test accuracy", "test accuracy vs iterations")
-    for ax in axes[0]:
-        ax.legend(fontsize=6.5, loc="best", framealpha=0.85)
+    legend_below(fig, axes[0, 0], ncol=2)
     lr = runs[0].learning_rate
     fig.suptitle(f"{name}: MLP, η₀ = {lr:g}, solid: standardised inputs, dashed: x/255 "
                  "(mean over seeds)", fontsize=10)

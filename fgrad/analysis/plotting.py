@@ -58,7 +58,7 @@ def _stack(series: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def band(ax: Axes, x: np.ndarray, ys: np.ndarray, method: str, label: str,
-         color: str | None = None, marker: str | None = None) -> None:
+         color: str | None = None, marker: str | None = None, dashed: bool = False) -> None:
     """The one curve kind of every line panel: the mean over seeds (bold) and, with several
     seeds, each seed's own curve (thin, same colour); the legend gives the seed count.
 
@@ -70,6 +70,8 @@ def band(ax: Axes, x: np.ndarray, ys: np.ndarray, method: str, label: str,
       label: legend entry.
       color: the curve's colour (default: the method's).
       marker: a marker at each point (for sparse series).
+      dashed: draw the mean dashed and above the other curves, so it stays visible where it
+        lies on another method's.
     """
     idx = _thin(len(x))
     x, ys = np.asarray(x)[idx], np.asarray(ys)[:, idx]
@@ -79,7 +81,8 @@ def band(ax: Axes, x: np.ndarray, ys: np.ndarray, method: str, label: str,
         label = f"{label} (mean of {seeds} seeds)"
         for y in ys:
             ax.plot(x, y, color=color, lw=0.5, alpha=0.45)
-    ax.plot(x, ys.mean(axis=0), color=color, lw=1.3, label=label, marker=marker, ms=3)
+    ax.plot(x, ys.mean(axis=0), color=color, lw=1.3, label=label, marker=marker, ms=3,
+            ls="--" if dashed else "-", zorder=3 if dashed else 2)
 
 
 def style_axes(ax: Axes, xlabel: str, ylabel: str, title: str = "", logy: bool = False) -> None:
@@ -193,6 +196,22 @@ def _new_figure(rows: int, cols: int) -> tuple[Figure, np.ndarray]:
     fig.subplots_adjust(left=0.95 / width, right=1 - 0.15 / width, bottom=0.55 / height,
                         top=1 - 0.75 / height, wspace=0.38, hspace=0.5)
     return fig, fig.subplots(rows, cols, squeeze=False)
+
+
+def legend_below(fig: Figure, ax: Axes, ncol: int) -> None:
+    """One legend for the whole figure, under its panels (``ax``'s entries), in place of each
+    panel's: no legend covers a curve. The figure grows to make room; panels keep their size."""
+    handles, labels = ax.get_legend_handles_labels()
+    for a in fig.axes:
+        if a.get_legend() is not None:
+            a.get_legend().remove()
+    width, height = fig.get_size_inches()
+    extra = 0.22 * -(-len(labels) // ncol) + 0.15
+    fig.set_size_inches(width, height + extra)
+    fig.subplots_adjust(bottom=(0.55 + extra) / (height + extra),
+                        top=1 - 0.75 / (height + extra))
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 0.01))
 
 
 def save(fig: Figure, fig_dir: Path, name: str) -> list[Path]:
