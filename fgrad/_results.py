@@ -165,7 +165,8 @@ def check_config(summary_path: str | os.PathLike, summary: dict[str, Any],
 
 def is_done(summary_path: str | os.PathLike, config: dict[str, Any] | None = None,
             defaults: dict[str, Any] | None = None) -> bool:
-    """True when the summary exists and its run finished (complete or diverged).
+    """True when the summary exists and its run finished (complete or diverged); a
+    ``complete`` run whose log is damaged (:func:`log_damage`) is not done, with a message.
 
     Raises:
       ResultsError: one line, when ``config`` is given and the summary (finished or not) was
@@ -178,7 +179,48 @@ def is_done(summary_path: str | os.PathLike, config: dict[str, Any] | None = Non
         return False
     if config is not None:
         check_config(summary_path, summary, config, defaults)
+    damage = log_damage(summary_path, summary)
+    if damage:
+        print(f"[damaged] {damage}: the run does not count as complete; running it again",
+              flush=True)
+        return False
     return summary.get("status") in DONE
+
+
+def log_damage(summary_path: str | os.PathLike, summary: dict[str, Any]) -> str | None:
+    """Why a run whose summary says ``complete`` cannot count as complete, or None.
+
+    An MNIST run (config kind ``"mnist"``) logs one ``{"kind": "train", "step": i, ...}`` line
+    per step in the ``.jsonl`` beside its summary; it is complete only if every line of that log
+    parses and it holds each step 1..``steps`` exactly once. Other kinds are not checked here.
+
+    Returns:
+      One line naming the file and the first damaged line, or the missing steps.
+    """
+    log = Path(summary_path).with_suffix(".jsonl")
+    steps = summary.get("steps")
+    kind = (summary.get("config") or {}).get("kind")
+    if summary.get("status") != "complete" or not isinstance(steps, int) or kind != "mnist":
+        return None
+    if not log.exists():
+        return f"{log} is missing"
+    seen: set[int] = set()
+    with log.open() as fh:
+        for i, line in enumerate(fh, 1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                return f"{log} line {i} is not valid JSON"
+            if isinstance(row, dict) and row.get("kind") == "train":
+                step = row.get("step")
+                if step in seen:
+                    return f"{log} line {i} repeats step {step}"
+                seen.add(step)
+    missing = [i for i in range(1, steps + 1) if i not in seen]
+    if missing or len(seen) != steps:
+        return (f"{log} holds {len(seen)} training steps, not the {steps} of a complete run "
+                f"({len(missing)} missing, the first {missing[0] if missing else '-'})")
+    return None
 
 
 class JsonlWriter:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fgrad._results import ResultsError, read_json, read_jsonl
+from fgrad._results import ResultsError, log_damage, read_json, read_jsonl
 
 MODEL_ORDER = ("logreg", "mlp", "cnn")
 
@@ -47,11 +47,14 @@ class Excluded:
     steps: int | None
     diverged_step: int | None = None
     summary: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    damage: str | None = None  # status "damaged": what is wrong with its log
 
     def describe(self) -> str:
         """One Markdown list item."""
         if self.status == "diverged":
             why = f"diverged (non-finite training loss at step {self.diverged_step})"
+        elif self.damage:
+            why = f"its summary says complete, but {self.damage}"
         else:
             why = f"{self.status} ({self.steps_done} of {self.steps} steps logged)"
         return f"- `{self.path}`: {why}"
@@ -185,7 +188,8 @@ def run_summaries(exp_dir: str | Path, pattern: str = "*.json") -> list[tuple[Pa
 
 
 def load_mnist_runs(exp_dir: str | Path) -> tuple[list[MnistRun], list[Excluded]]:
-    """The complete runs of an MNIST experiment folder, and the runs left out (not complete).
+    """The complete runs of an MNIST experiment folder, and the runs left out (not complete, or
+    a summary saying complete over a damaged log: :func:`fgrad._results.log_damage`).
 
     Raises:
       ResultsError: naming the file, when a summary or a complete run's log is missing or
@@ -194,7 +198,11 @@ def load_mnist_runs(exp_dir: str | Path) -> tuple[list[MnistRun], list[Excluded]
     runs, excluded = [], []
     for path, summary in run_summaries(exp_dir, "*_lr*_seed*.json"):
         _require(summary, MNIST_KEYS, path)
-        if summary["status"] == "complete":
+        damage = log_damage(path, summary)  # (a missing log: the loader's one-line error)
+        if damage and path.with_suffix(".jsonl").exists():  # says complete, its log is not
+            excluded.append(Excluded(path, "damaged", summary.get("steps_done"),
+                                     summary.get("steps"), summary=summary, damage=damage))
+        elif summary["status"] == "complete":
             _require(summary, ("ms_per_step", "final_train_loss"), path)
             runs.append(_mnist_run(path, summary))
         else:

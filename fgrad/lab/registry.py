@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ml_collections import ConfigDict
 
+from fgrad._lock import folder_lock
 from fgrad.lab.config import PRESETS, finalize
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
@@ -110,8 +111,20 @@ def in_group(group: str, preset: str, directory: Path | None = None) -> list[Exp
 
 
 def runner(kind: str) -> Callable:
-    """``run(cfg, out_dir, opts)`` of experiment kind ``kind`` (``fgrad.lab.run.<kind>``)."""
-    return importlib.import_module(f"fgrad.lab.run.{kind}").run
+    """``run(cfg, out_dir, opts)`` of experiment kind ``kind`` (``fgrad.lab.run.<kind>``),
+    holding ``out_dir``'s writer lock (:func:`fgrad._lock.folder_lock`) while it runs: a second
+    writer of the folder is refused in one line. In a multi-process job, process 0 holds it."""
+    run = importlib.import_module(f"fgrad.lab.run.{kind}").run
+
+    def locked(cfg, out_dir, opts):
+        import jax
+
+        if jax.process_count() > 1 and jax.process_index() != 0:
+            return run(cfg, out_dir, opts)
+        with folder_lock(out_dir):
+            return run(cfg, out_dir, opts)
+
+    return locked
 
 
 def sections(names: Sequence[str], preset: str, directory: Path | None = None) -> list:

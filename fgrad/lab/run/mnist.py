@@ -41,7 +41,7 @@ from fgrad.lab.build import steps_per_call as choose_steps_per_call
 from fgrad.lab.config import defaults, mnist_runs, run_name, to_dict, variants
 from fgrad.lab.run import RunOptions
 from fgrad.lab.timing import loss_ms
-from fgrad.train.checkpoint import RunCheckpointer, config_fingerprint
+from fgrad.train.checkpoint import CheckpointMismatch, RunCheckpointer, config_fingerprint
 from fgrad.train.loop import Position, train_loop
 from fgrad.train.parallel import data_mesh, make_data_parallel_step, replicate
 from fgrad.train.step import (
@@ -175,6 +175,30 @@ def _progress(name: str, steps: int):
     return None, lambda: None
 
 
+def _restore(ckpt: RunCheckpointer, state: Any, run: Path) -> tuple[Any, dict] | None:
+    """(state, meta) of the run's checkpoint, or None to start from step 0: there is none, or
+    it cannot be read (truncated or corrupted files: said in one line, and removed, so the run
+    starts afresh rather than from damaged state). Another config's checkpoint still raises."""
+    if ckpt.latest_step() is None:
+        return None
+    try:
+        _, state, meta = ckpt.restore(state)
+    except CheckpointMismatch:
+        raise
+    except Exception as e:  # noqa: BLE001  (orbax/tensorstore raise many kinds)
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        print(f"[damaged] checkpoint {ckpt.directory} cannot be read ({type(e).__name__}: "
+              f"{why}): {run} starts again from step 0", flush=True)
+        ckpt.remove()
+        return None
+    if not isinstance(meta, dict) or "position" not in meta or "log_bytes" not in meta:
+        print(f"[damaged] checkpoint {ckpt.directory} has no position: {run} starts again "
+              "from step 0", flush=True)
+        ckpt.remove()
+        return None
+    return state, meta
+
+
 def train_run(cfg: Mapping[str, Any], data: Mnist, method: str, learning_rate: float,
               seed: int, out_dir: str | Path, name: str) -> dict[str, Any]:
     """Trains one (method, learning rate, seed) of a run config; logs to ``out_dir/name.*``.
@@ -240,8 +264,9 @@ def train_run(cfg: Mapping[str, Any], data: Mnist, method: str, learning_rate: f
         {**_started_config(summary_path, summary["config"]), "method": method,
          "learning_rate": learning_rate, "seed": seed}))
     start, resume_at = None, None
-    if ckpt.latest_step() is not None:
-        _, state, meta = ckpt.restore(state)
+    restored = _restore(ckpt, state, out_dir / name)
+    if restored is not None:
+        state, meta = restored
         start, resume_at = Position.from_json(meta["position"]), int(meta["log_bytes"])
         summary.update(resumed_from=start.step, resumes=int(meta.get("resumes", 0)) + 1)
         print(f"[resume] {out_dir / name} from step {start.step}", flush=True)
