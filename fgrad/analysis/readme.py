@@ -44,7 +44,8 @@ def _pair(stats: dict[str, Stat | None], key: str) -> str:
 
 
 def headline_rows(results: Path) -> list[list[str]]:
-    """One row per (experiment, η₀) of :data:`HEADLINE` with complete runs in ``results``."""
+    """One row per (experiment, η₀) of :data:`HEADLINE` with complete pairs (forward gradient
+    and backprop of one seed) in ``results``; seeds without their pair are left out."""
     rows = []
     for preset, name in HEADLINE:
         exp_dir = results / preset / name
@@ -54,6 +55,9 @@ def headline_rows(results: Path) -> list[list[str]]:
         shared = shared_f_ms(runs)
         machines = sorted({r.machine for r in runs})
         for lr, seeds in sorted(group_runs(runs).items()):
+            seeds = {s: r for s, r in seeds.items() if {"forward", "backprop"} <= set(r)}
+            if not seeds:  # a claim is a pair: a method alone makes no row
+                continue
             stats = lr_stats(seeds, f_ms=shared)
             paper = paper_values(name, lr)
             anchor = ANCHORS.get(name, name)
