@@ -73,10 +73,8 @@ def headline_rows(results: Path) -> list[list[str]]:
 def _reproduce_line(results: Path) -> str:
     """How long the last ``make reproduce`` from an empty folder took (cpu preset)."""
     path = results / "cpu" / "reproduce.json"
-    if not path.is_file():
-        return "`make reproduce` (cpu preset): no recorded run in `results/cpu/reproduce.json`."
-    runs = [i for i in json.loads(path.read_text())["invocations"]
-            if not i.get("figures_only") and i.get("experiments")]
+    invocations = json.loads(path.read_text())["invocations"] if path.is_file() else []
+    runs = [i for i in invocations if not i.get("figures_only") and i.get("experiments")]
     if not runs:
         return "`make reproduce` (cpu preset): no recorded run in `results/cpu/reproduce.json`."
     last = runs[-1]
@@ -108,8 +106,8 @@ def _split(text: str) -> tuple[str, str, str]:
         raise ValueError(f"the README has no {START} … {END} block: add both markers on lines "
                          "of their own where the results table goes")
     head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return head, START + rest.split(END, 1)[0] + END, tail
+    middle, tail = rest.split(END, 1)
+    return head, START + middle + END, tail
 
 
 def stale_lines(readme: Path, results: Path) -> list[str]:
