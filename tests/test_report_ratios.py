@@ -10,9 +10,13 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from fgrad.analysis.metrics import UNEVEN, lr_stats, seed_metrics
+from fgrad.analysis.mnist import _uneven_note
 from fgrad.analysis.report import write_report
+from fgrad.analysis.runs import MnistRun
 from tests.test_analysis import SECTIONS, results  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,3 +119,33 @@ def test_the_check_fails_on_a_contradicting_table():
            "| R_b = T(backprop step) / T(f) | 2.0 |  |\n| R_f / R_b | 1.5 |  |\n")
     with pytest.raises(AssertionError):
         check_report(bad)
+
+
+def _timed_run(method: str, ms: np.ndarray, loss: np.ndarray) -> MnistRun:
+    """A synthetic complete run whose steps took ``ms`` (one step per compiled call)."""
+    summary = {"method": method, "learning_rate": 2e-4, "seed": 0, "steps": len(ms),
+               "steps_per_call": 1, "f_ms": 10.0, "env": {"device": "cpu (test)"}}
+    time = np.cumsum(ms) / 1e3
+    return MnistRun(Path(method), summary, np.arange(1, len(ms) + 1), loss, time,
+                    np.array([0.0, time[-1]]), np.array([0.1, 0.5]))
+
+
+def test_uneven_wall_times_are_flagged_with_the_estimate_from_medians():
+    n = 2000
+    loss = np.linspace(2.3, 1.0, n)
+    backprop = _timed_run("backprop", np.full(n, 20.0), loss)
+    fast = np.concatenate([np.full(1400, 10.0), np.full(n - 1400, 30.0)])  # shared at the end
+    for forward, uneven in ((_timed_run("forward", np.full(n, 10.0), loss - 0.1), False),
+                            (_timed_run("forward", fast, loss - 0.1), True)):
+        m = seed_metrics(forward, backprop, window=10)
+        assert m["evenness_backprop"] == pytest.approx(1.0)
+        assert (m["evenness_forward"] > UNEVEN) is uneven
+        assert m["uneven"] == float(uneven)
+        # the estimate: iterations ratio × median step-time ratio (10 ms / 20 ms)
+        assert m["T_f/T_b (medians)"] == pytest.approx(m["step_f/step_b"] * 0.5)
+        stats = lr_stats({0: {"forward": forward, "backprop": backprop}}, window=10)
+        note = _uneven_note(stats)
+        assert ("are not timings" in note) is uneven
+        if uneven:  # the quiet estimate differs from the measured (slowed) T_f/T_b
+            assert f"{m['T_f/T_b (medians)']:.3g}" in note
+            assert m["T_f/T_b"] > m["T_f/T_b (medians)"]

@@ -11,6 +11,11 @@
   :data:`SMOOTH_WINDOW` steps, first reaches its own minimum (its "best loss"); ``T_f``: the
   wall time at which forward gradient's smoothed loss first falls to that value, for the same
   seed (both methods of a seed start from the same parameters and see the same batches).
+* Uneven wall times: a run whose mean step time exceeds its median step time by more than
+  :data:`UNEVEN` (the machine was shared during part of it) has wall times that include those
+  slowdowns; T_f, T_b and T_f/T_b of its pair are then not timings. The medians (step times,
+  R_f, R_b) are unaffected, and ``T_f/T_b (medians)`` = steps_f/steps_b · R_f/R_b estimates
+  what a quiet machine would have measured.
 
 Values are the mean ± standard deviation (population, ddof = 0) over seeds (:func:`aggregate`);
 runs that diverged or did not finish are left out of every mean.
@@ -39,6 +44,7 @@ METHODS = ("forward", "backprop")  # the paper's comparison (fgrad._transforms.S
 METHOD_LABELS = {"forward": "forward gradient", "backprop": "backprop",
                  "backprop_noise": "backprop + forward-gradient noise"}
 MIB = 2.0**20
+UNEVEN = 1.1  # a run's mean step over its median step above this: its wall times are uneven
 
 
 def running_mean(values: np.ndarray, window: int = SMOOTH_WINDOW) -> np.ndarray:
@@ -104,6 +110,16 @@ def step_ms(run: MnistRun) -> float | None:
     return float(1e3 * np.median(np.diff(np.concatenate([[0.0], ends]))) / s)
 
 
+def wall_time_evenness(run: MnistRun) -> float | None:
+    """A run's mean step time (its training wall time / steps) over its median step time
+    (:func:`step_ms`): about 1 on a quiet machine, above :data:`UNEVEN` where the machine was
+    shared during part of the run."""
+    median = step_ms(run)
+    if median is None or not run.time.size or not run.step.size:
+        return None
+    return _ratio(1e3 * float(run.time[-1]) / float(run.step[-1]), median)
+
+
 def run_metrics(run: MnistRun, f_ms: float | None = None) -> dict[str, float | None]:
     """One run's ``ms`` per step, ``f_ms`` (T(f): ``f_ms`` if given, the section's shared one,
     else the run's own), ``R`` = ms / f_ms, final training ``loss``, final test ``acc``, ``mem``
@@ -112,7 +128,7 @@ def run_metrics(run: MnistRun, f_ms: float | None = None) -> dict[str, float | N
     mem = s.get("memory") or {}
     ms = step_ms(run)
     f_ms = f_ms if f_ms is not None else _number(s.get("f_ms"))
-    return {"ms": ms, "f_ms": f_ms, "R": _ratio(ms, f_ms),
+    return {"ms": ms, "f_ms": f_ms, "R": _ratio(ms, f_ms), "evenness": wall_time_evenness(run),
             "loss": _number(s.get("final_train_loss")),
             "acc": _number((s.get("final_eval") or {}).get("test_acc")),
             "mem": _ratio(_step_memory(mem), MIB),
@@ -137,7 +153,8 @@ def seed_metrics(forward: MnistRun | None, backprop: MnistRun | None,
     ``T_f``, ``T_b``, ``T_f/T_b`` (inf when forward gradient never reaches the target),
     ``step_f``, ``step_b`` (the steps at which each first reaches it), ``step_f/step_b``,
     ``T_f/T_b_bound`` (forward's whole training time over T_b: the bound when it never reaches
-    it), ``cross_machine`` (1 when the two runs ran on different machines: then the ratios of
+    it), ``uneven`` (1 when either run's wall times are uneven, see :data:`UNEVEN`; then
+    ``T_f/T_b (medians)`` = step_f/step_b · R_f/R_b is the estimate to read), ``cross_machine`` (1 when the two runs ran on different machines: then the ratios of
     wall times are None);
     ``loss_*``, ``acc_*``, ``mem_*`` (MiB, XLA's estimate for one compiled step), ``dev_*``
     (MiB, device allocator peak).
@@ -161,8 +178,14 @@ def seed_metrics(forward: MnistRun | None, backprop: MnistRun | None,
         # forward never reached it: T_f/T_b is at least its whole training time over T_b
         m["T_f/T_b_bound"] = _ratio(float(forward.time[-1]), m["T_b"])
         m["cross_machine"] = float(forward.machine != backprop.machine)
+        evenness = [m.get("evenness_forward"), m.get("evenness_backprop")]
+        m["uneven"] = float(any(e is not None and e > UNEVEN for e in evenness))
+        # what a quiet machine would have measured: iterations ratio × median step-time ratio
+        m["T_f/T_b (medians)"] = (None if m["R_f/R_b"] is None or m["step_f/step_b"] is None
+                                  else m["step_f/step_b"] * m["R_f/R_b"])
         if m["cross_machine"]:  # wall times of two machines: not compared
-            m.update({k: None for k in ("T_f/T_b", "T_f/T_b_bound", "R_f/R_b", "f_ms")})
+            m.update({k: None for k in ("T_f/T_b", "T_f/T_b_bound", "R_f/R_b", "f_ms",
+                                      "T_f/T_b (medians)")})
     return m
 
 

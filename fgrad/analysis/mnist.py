@@ -19,6 +19,7 @@ from fgrad.analysis.metrics import (
     METHOD_LABELS,
     METHODS,
     SMOOTH_WINDOW,
+    UNEVEN,
     Stat,
     f_line,
     group_runs,
@@ -35,18 +36,34 @@ from fgrad.analysis.plotting import (
     style_axes,
 )
 from fgrad.analysis.runs import MnistRun, load_mnist_runs
-from fgrad.analysis.tables import excluded_lines, format_stat, markdown_table, setup_line
+from fgrad.analysis.tables import (
+    excluded_lines,
+    format_stat,
+    markdown_table,
+    seconds,
+    setup_line,
+)
 
 # The paper's published numbers (read off its figures), by experiment and learning rate η₀
 # (None: any rate). Keys are metric names of :data:`MNIST_ROWS`.
 PAPER: dict[str, dict[float | None, dict[str, float]]] = {
-    "logreg": {None: {"T_f/T_b": 0.553}},
+    "logreg": {None: {"T_f": 197.3, "T_b": 356.8, "T_f/T_b": 0.553}},
     "mlp": {
         2e-5: {"T_f": 165.8, "T_b": 292.4, "T_f/T_b": 0.567, "R_f": 2.329, "R_b": 3.971,
                "R_f/R_b": 0.586},
         2e-4: {"T_f": 68.0, "T_b": 297.0, "T_f/T_b": 0.229, "R_f": 2.607, "R_b": 4.359,
                "R_f/R_b": 0.598},
     },
+}
+
+# Where each experiment's paper values come from. The paper's runs are PyTorch on a GPU (its
+# model is not in the sources this project could check, so it is not named here).
+PAPER_SOURCE = {
+    "logreg": "the annotation of the paper's logistic-regression figure (its GPU)",
+    "mlp": ("T_f, T_b and T_f/T_b: the annotations of the paper's MLP figures at η₀ = 2e-5 "
+            "and 2e-4 (its GPU); R_f and R_b: as recorded in this project's first reading of "
+            "the paper, not re-checked against its text since"),
+    "cnn": "none: the paper's CNN numbers are not in the sources this project could check",
 }
 
 # ----------------------------------------------------------------------------- section
@@ -153,8 +170,8 @@ def _time_sentence(stats: dict[str, Stat | None], paper: dict[str, float], steps
                 f"seed(s){paper_note}: T_f/T_b not judged, the runs are too short.")
     speed = (f"{1 / ratio.mean:.3g}× faster" if ratio.mean < 1 else
              f"{ratio.mean:.3g}× slower")
-    text = (f"forward gradient reached {goal} {speed} than backprop (T_f = {tf.mean:.3g} s, "
-            f"T_b = {tb.mean:.3g} s, T_f/T_b = {ratio.mean:.3g})")
+    text = (f"forward gradient reached {goal} {speed} than backprop (T_f = {seconds(tf.mean)}, "
+            f"T_b = {seconds(tb.mean)}, T_f/T_b = {ratio.mean:.3g})")
     if ratio.missed:
         text += (f", in the {ratio.n} of {total} seed(s) where it reached it at all within "
                  f"{steps} steps")
@@ -164,11 +181,49 @@ def _time_sentence(stats: dict[str, Stat | None], paper: dict[str, float], steps
                  f"{ratio.missed} of {total} seed(s)")
     elif ratio.n < 2:
         text += ": one seed, so not judged against the paper"
+    elif _uneven(stats):
+        text += ": the wall times are uneven, so not judged against the paper"
     elif "T_f/T_b" in paper:
         agrees = (ratio.mean < 1) == (paper["T_f/T_b"] < 1)
         text += (f": this agrees with the paper in direction ({ratio.n} seeds)" if agrees else
                  f": this does not agree with the paper ({ratio.n} seeds)")
-    return text + "."
+    return text + "." + _uneven_note(stats)
+
+
+def _uneven(stats: dict[str, Stat | None]) -> bool:
+    """Whether some seed's pair has uneven wall times (:data:`~fgrad.analysis.metrics.UNEVEN`)."""
+    uneven = stats.get("uneven")
+    return uneven is not None and uneven.mean > 0
+
+
+def _uneven_note(stats: dict[str, Stat | None]) -> str:
+    """Says where wall times include slowdowns of a shared machine, with the estimate from the
+    median step times ("" where the wall times are even)."""
+    if not _uneven(stats):
+        return ""
+    ef, eb = stats.get("evenness_forward"), stats.get("evenness_backprop")
+    quiet = stats.get("T_f/T_b (medians)")
+    ratios = ", ".join(f"{name} {s.mean:.3g}" for name, s in (("forward gradient", ef),
+                                                                  ("backprop", eb)) if s)
+    estimate = (f" From the median step times, T_f/T_b ≈ (iterations ratio) × R_f/R_b = "
+                f"{quiet.mean:.3g}: the estimate to read for this machine."
+                if quiet is not None and quiet.n else "")
+    return (f" The wall times are uneven (a run's mean step over its median step: {ratios}; "
+            f"above {UNEVEN:g} the machine was shared during part of the run), so T_f, T_b "
+            "and T_f/T_b include those slowdowns and are not timings; step times, R_f and R_b "
+            f"are medians and unaffected.{estimate}")
+
+
+def _still_falling(stats: dict[str, Stat | None], steps: int) -> str:
+    """Says when backprop's best loss came in the last 5 % of the run: its loss was still
+    falling, so the runs are too short to compare the methods beyond the start of training."""
+    step_b = stats.get("step_b")
+    if step_b is None or not step_b.n or step_b.mean < 0.95 * steps:
+        return ""
+    return (f"Backprop's smoothed loss was still falling when the runs ended (its best at step "
+            f"{step_b.mean:,.0f} of {steps:,}): the runs are too short to decide how the methods "
+            "compare once the model has learned; the ratios above describe the start of "
+            "training.")
 
 
 def _per_seed_line(seeds: dict[int, dict[str, MnistRun]], window: int) -> str:
@@ -247,6 +302,8 @@ def mnist_section(exp_dir: Path, window: int = SMOOTH_WINDOW) -> list[str]:
         return []
     experiment = exp_dir.name
     lines, summary = ["", f_line(runs)] if runs else [], []
+    if runs and experiment in PAPER_SOURCE:
+        lines += ["", f"Paper values: {PAPER_SOURCE[experiment]}."]
     shared = shared_f_ms(runs)
     for lr, seeds in group_runs(runs).items():
         stats = lr_stats(seeds, window, shared)
@@ -262,7 +319,8 @@ def mnist_section(exp_dir: Path, window: int = SMOOTH_WINDOW) -> list[str]:
             lines += ["", per_seed]
         summary.append(f"At η₀ = {lr:g}: " + " ".join(
             s for s in (_time_sentence(stats, paper, steps, window),
-                        _iteration_sentence(stats, paper), _speed_sentence(stats, paper),
+                        _iteration_sentence(stats, paper), _still_falling(stats, steps),
+                        _speed_sentence(stats, paper),
                         _accuracy_sentence(stats)) if s))
     if summary:
         lines += ["", "**Summary.** " + " ".join(summary)]
@@ -301,6 +359,11 @@ def _mnist_row(axes: Sequence[Axes], lr: float, seeds: dict[int, dict[str, Mnist
         ax.legend(fontsize=6.5, loc="upper right", framealpha=0.7)
     style_axes(axes[2], "iteration", "wall time (s)", f"time vs iterations {timed}")
     style_axes(axes[3], "wall time (s)", "test accuracy", f"test accuracy vs time {timed}")
+    if _uneven(stats):  # inside the panels, where losses and times leave room
+        for ax, (x, y, ha) in ((axes[1], (0.03, 0.04, "left")), (axes[2], (0.97, 0.04, "right")),
+                               (axes[3], (0.97, 0.04, "right"))):
+            ax.text(x, y, "uneven wall times\n(shared machine): see report", ha=ha,
+                    va="bottom", fontsize=7, color="0.3", transform=ax.transAxes)
 
 
 def load_mnist(exp_dir: Path) -> dict[float, dict[int, dict[str, MnistRun]]]:
@@ -320,8 +383,11 @@ def plot_mnist(groups: dict[float, dict[int, dict[str, MnistRun]]], name: str
     for row, (lr, seeds) in zip(axes, groups.items()):
         _mnist_row(row, lr, seeds)
     share_y(axes, columns=(3,))  # losses: each row its own range (2e-5 moves 2.30 → 2.20)
-    fig.suptitle(f"{name}: forward gradient vs backprop (bold: mean over seeds, thin: each seed; "
-                 "dotted: first time each reaches backprop's best smoothed loss)", fontsize=11)
+    n_seeds = max(len(seeds) for seeds in groups.values())
+    lines = ("one seed" if n_seeds == 1 else
+             f"bold: mean over {n_seeds} seeds, thin: each seed")
+    fig.suptitle(f"{name}: forward gradient vs backprop ({lines}; dotted: first time each "
+                 "reaches backprop's best smoothed loss)", fontsize=11)
     return fig
 
 

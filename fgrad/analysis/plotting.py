@@ -31,6 +31,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
 from fgrad._functions import FUNCTIONS, MINIMA
 from fgrad.analysis.metrics import METHOD_LABELS, SMOOTH_WINDOW, group_variants, smoothed_loss
 from fgrad.analysis.runs import MnistRun
+from fgrad.analysis.tables import seconds
 
 COLORS = {"forward": "#d62728", "backprop": "#1f77b4", "backprop_noise": "#2ca02c"}
 MAX_POINTS = 2_000        # points per plotted line (longer series are subsampled evenly)
@@ -140,7 +141,7 @@ def mark_times(ax: Axes, times: dict[str, float | None]) -> str:
             continue
         if np.isfinite(t):
             ax.axvline(t, color=COLORS[method], ls=":", lw=1.2)
-            parts.append(f"T_{method[0]} = {t:.3g} s")
+            parts.append(f"T_{method[0]} = {seconds(t)}")
         else:
             parts.append(f"T_{method[0]}: not reached")
     return ", ".join(parts)

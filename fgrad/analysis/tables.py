@@ -34,6 +34,12 @@ def mib(nbytes: float | None, missing: str = DASH) -> str:
     return fmt(None if nbytes is None else nbytes / MIB, ".1f", missing)
 
 
+def seconds(t: float) -> str:
+    """A wall time for prose and titles: ``"2,509 s"`` from 1000 s on, ``"41.4 s"`` below
+    (never ``"2.51e+03 s"``)."""
+    return f"{t:,.0f} s" if abs(t) >= 1000 else f"{t:.3g} s"
+
+
 def mean_std(mean: float, std: float) -> str:
     """``mean ± std`` with 4 and 2 significant digits."""
     return f"{mean:.4g} ± {std:.2g}"
