@@ -154,7 +154,8 @@ def seed_metrics(forward: MnistRun | None, backprop: MnistRun | None,
     ``step_f``, ``step_b`` (the steps at which each first reaches it), ``step_f/step_b``,
     ``T_f/T_b_bound`` (forward's whole training time over T_b: the bound when it never reaches
     it), ``uneven`` (1 when either run's wall times are uneven, see :data:`UNEVEN`; then
-    ``T_f/T_b (medians)`` = step_f/step_b · R_f/R_b is the estimate to read), ``cross_machine`` (1 when the two runs ran on different machines: then the ratios of
+    ``T_f/T_b (medians)`` = step_f/step_b · R_f/R_b is the estimate to read),
+    ``cross_machine`` (1 when the two runs ran on different machines: then the ratios of
     wall times are None);
     ``loss_*``, ``acc_*``, ``mem_*`` (MiB, XLA's estimate for one compiled step), ``dev_*``
     (MiB, device allocator peak).
