@@ -105,8 +105,8 @@ def _depth_sentence(s: dict[str, np.ndarray], batch_size: int) -> str:
     paper_f, paper_b = PAPER_DEPTH_SWEEP["R_f"], PAPER_DEPTH_SWEEP["R_b"]
     cheaper = "below" if np.nanmax(s["R_f"] / s["R_b"]) < 1 else "not always below"
     return (f"At batch {batch_size}, from depth {d0} to {d1} the memory beyond parameter-sized "
-            f"buffers grows {grow_b:.1f}× for backprop (stored activations) and {grow_f:.2f}× "
-            f"for the forward gradient; at depth {d1} the forward-gradient step's total peak is "
+            f"buffers changes {grow_b:.1f}-fold for backprop (stored activations) and "
+            f"{grow_f:.2f}-fold for the forward gradient; at depth {d1} the forward-gradient step's total peak is "
             f"{ratio:.2f}× backprop's (the paper reports equal memory for both). R_f ranges "
             f"{np.nanmin(s['R_f']):.2f}–{np.nanmax(s['R_f']):.2f} and R_b "
             f"{np.nanmin(s['R_b']):.2f}–{np.nanmax(s['R_b']):.2f} (paper: R_f {paper_f[0]} → "
@@ -139,24 +139,27 @@ def depth_sweep_section(exp_dir: Path) -> list[str]:
 
 
 def plot_depth_sweep(result: dict[str, Any] | None, name: str) -> Figure | None:
-    """Depth sweep, one row per batch size: R_f and R_b vs depth, R_f/R_b vs depth, and the
-    peak memory of both steps vs depth (total solid, beyond parameter-sized buffers dashed)."""
+    """Depth sweep, one row per batch size: R_f and R_b vs depth, R_f/R_b vs depth, each
+    step's total peak memory vs depth (linear, where the methods part), and the memory beyond
+    parameter-sized buffers (log: backprop's stored activations grow, forward's do not). The
+    low-rank step has no second memory curve: its split assumes a full-size tangent, which it
+    never holds, so "beyond parameter-sized" would be an artefact of the estimate."""
     if result is None:
         return None
     batch_sizes = sorted({r["batch_size"] for r in result["rows"]})
-    fig, axes = _new_figure(len(batch_sizes), 3)
+    fig, axes = _new_figure(len(batch_sizes), 4)
     for row, b in zip(axes, batch_sizes):
         s = depth_series(result, b)
-        lines = [("f", COLORS["forward"], METHOD_LABELS["forward"]),
-                 ("b", COLORS["backprop"], METHOD_LABELS["backprop"])]
+        lines = [("f", COLORS["forward"], METHOD_LABELS["forward"], "o"),
+                 ("b", COLORS["backprop"], METHOD_LABELS["backprop"], "s")]
         if "R_l" in s:
-            lines.append(("l", LOW_RANK_COLOR, "low-rank forward gradient (r = 1)"))
-        for key, color, label in lines:
-            row[0].plot(s["depth"], s[f"R_{key}"], "o-", color=color, label=f"R ({label})")
-            row[2].plot(s["depth"], s[f"{key}_total"], "o-", color=color,
-                        label=f"{label}: total")
-            row[2].plot(s["depth"], s[f"{key}_rest"], "s--", color=color,
-                        label=f"{label}: beyond parameter-sized")
+            lines.append(("l", LOW_RANK_COLOR, "low-rank forward gradient (r = 1)", "^"))
+        for key, color, label, marker in lines:
+            row[0].plot(s["depth"], s[f"R_{key}"], f"{marker}-", color=color, label=label)
+            row[2].plot(s["depth"], s[f"{key}_total"], f"{marker}-", color=color, label=label)
+            if key != "l":
+                row[3].plot(s["depth"], s[f"{key}_rest"], f"{marker}--", color=color,
+                            label=label)
         # R_f / R_b = T(fwd step) / T(bp step); bars: the ratio of the steps' quartiles over
         # the interleaved rounds (p25/p75 to p75/p25), the spread of what the median ratio is
         ratio = s["f_ms"] / s["b_ms"]
@@ -169,17 +172,21 @@ def plot_depth_sweep(result: dict[str, Any] | None, name: str) -> Figure | None:
             ax.set_xscale("log")
             ax.set_xticks(list(s["depth"]), [str(int(d)) for d in s["depth"]])
             ax.minorticks_off()
-        style_axes(row[0], "depth (hidden layers)", "step time / time of f",
+        style_axes(row[0], "depth (hidden layers)", "R = step time / time of f",
                    f"batch {b}: runtime cost")
         style_axes(row[1], "depth (hidden layers)", "R_f / R_b", f"batch {b}: relative cost")
-        style_axes(row[2], "depth (hidden layers)", "peak memory (MiB)",
-                   f"batch {b}: XLA peak memory", logy=True)
-        # headroom above the lines for the legend (6 rows, ~40 % of the panel), so it covers no
-        # data: the lines keep the bottom 55 % of the log axis
-        lo, hi = row[2].get_ylim()
-        row[2].set_ylim(lo, lo * (hi / lo) ** (1 / 0.55))
-        row[2].legend(fontsize=6, loc="upper left", framealpha=0.8)
-    fig.suptitle(f"{name}: MLP width {result.get('config', {}).get('width', '?')}", fontsize=11)
+        style_axes(row[2], "depth (hidden layers)", "peak memory of a step (MiB)",
+                   f"batch {b}: XLA peak memory, total")
+        style_axes(row[3], "depth (hidden layers)", "MiB beyond parameter-sized buffers",
+                   f"batch {b}: activations and working set", logy=True)
+        for ax in row:  # the same curves in every row: one legend per column, in the top row
+            if b == batch_sizes[0]:
+                ax.legend(fontsize=6.5, loc="upper left", framealpha=0.8)
+            elif ax.get_legend() is not None:
+                ax.get_legend().remove()
+    fig.suptitle(f"{name}: MLP width {result.get('config', {}).get('width', '?')} (R and "
+                 "memory from the compiled steps of one benchmark run per batch size)",
+                 fontsize=11)
     return fig
 
 
