@@ -12,7 +12,14 @@ from matplotlib.figure import Figure
 
 from fgrad.analysis.family import Family
 from fgrad.analysis.metrics import aggregate, best_rates, group_variants, run_metrics, step_ms
-from fgrad.analysis.plotting import _new_figure, _stack, band, curve_colors, style_axes
+from fgrad.analysis.plotting import (
+    _new_figure,
+    _stack,
+    band,
+    curve_colors,
+    label_log_y,
+    style_axes,
+)
 from fgrad.analysis.runs import Excluded, MnistRun, load_mnist_runs
 from fgrad.analysis.tables import excluded_lines, fmt, format_stat, markdown_table, setup_line
 
@@ -150,6 +157,7 @@ def draw(data: tuple[list[MnistRun], list[Excluded]], name: str) -> Figure | Non
     for ax, x in ((axes[0, 0], "epoch"), (axes[0, 1], "wall time (s)")):
         ax.set_yscale("log")
         style_axes(ax, x, "test error (%)", f"test error vs {x.split(' (')[0]}")
+        label_log_y(ax)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     for ax in axes[0]:
         ax.get_legend().remove()

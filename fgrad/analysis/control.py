@@ -56,7 +56,7 @@ def rows(runs: list[MnistRun]) -> list[dict]:
     return out
 
 
-def _steps(stat) -> str:
+def format_steps(stat) -> str:
     """Steps to target: whole numbers, mean ± std over seeds (the mean alone for one seed)."""
     if stat is None or stat.n == 0:
         return format_stat(stat)
@@ -80,12 +80,12 @@ def _sentence(table: list[dict]) -> str:
     f, b = row["forward"], row["backprop"]
     text = (f"**Summary.** Forward gradient ends at training loss {format_stat(f['loss'])} "
             f"against backprop's {format_stat(b['loss'])} at the same η₀, and reaches "
-            f"backprop's best loss at step {_steps(f['reach'])}")
+            f"backprop's best loss at step {format_steps(f['reach'])}")
     if "backprop_noise" in row:
         n = row["backprop_noise"]
         text += (f"; backprop plus noise of the forward gradient's covariance ends at "
                  f"{format_stat(n['loss'])} (reaching backprop's best at step "
-                 f"{_steps(n['reach'])})")
+                 f"{format_steps(n['reach'])})")
     if f["norm"] and b["norm"]:
         text += (f". The weight norm goes from {fmt(b['norm0'].mean if b['norm0'] else None)} "
                  f"to {fmt(f['norm'].mean)} under forward gradients and to "
@@ -120,7 +120,7 @@ def section(exp_dir: Path) -> list[str]:
              "value backprop's reaches, same seed.", ""]
     lines += markdown_table(HEADER, [[METHOD_LABELS.get(r["method"], r["method"]),
                                       str(r["seeds"]), format_stat(r["loss"]),
-                                      format_stat(r["acc"]), _steps(r["reach"]),
+                                      format_stat(r["acc"]), format_steps(r["reach"]),
                                       format_stat(r["norm0"]), format_stat(r["norm"])]
                                      for r in table])
     sentence = _sentence(table)

@@ -26,7 +26,13 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, to_hex
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
+from matplotlib.ticker import (
+    LogFormatterSciNotation,
+    LogLocator,
+    MaxNLocator,
+    NullFormatter,
+    ScalarFormatter,
+)
 
 from fgrad._functions import FUNCTIONS, MINIMA
 from fgrad.analysis.metrics import METHOD_LABELS, SMOOTH_WINDOW, group_variants, smoothed_loss
@@ -112,6 +118,17 @@ def _log_y(ax: Axes) -> None:
         ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
         ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
         ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def label_log_y(ax: Axes) -> None:
+    """On a log y axis spanning under three decades, label 2× and 5× ticks as well, so the
+    panel reads with more than one or two labelled values."""
+    lo, hi = ax.get_ylim()
+    if ax.get_yscale() != "log" or lo <= 0 or hi / lo >= 1000:
+        return
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
+    ax.yaxis.set_minor_formatter(LogFormatterSciNotation(labelOnlyBase=False))
+    ax.tick_params(axis="y", which="minor", labelsize=7)
 
 
 def share_y(axes: np.ndarray, columns: Sequence[int]) -> None:

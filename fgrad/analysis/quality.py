@@ -15,7 +15,7 @@ from matplotlib.ticker import NullFormatter
 
 from fgrad.analysis.family import Family
 from fgrad.analysis.metrics import quality_ratios
-from fgrad.analysis.plotting import _new_figure, curve_colors, style_axes
+from fgrad.analysis.plotting import _new_figure, curve_colors, label_log_y, style_axes
 from fgrad.analysis.runs import Excluded, _number, init_of, inputs_of, load_quality
 from fgrad.analysis.tables import INIT_WORDS, INPUT_WORDS, NA, excluded_lines, fmt, markdown_table
 
@@ -163,8 +163,8 @@ def _cos2_panel(ax: Axes, rows: Sequence[dict[str, Any]], colors: dict[Hashable,
     ax.set_yscale("log")
     ks = sorted({r["num_tangents"] for r in rows})
     ax.set_xticks(ks, [str(k) for k in ks])
-    for axis in (ax.xaxis, ax.yaxis):  # decades and the Ks only: no 2×10⁰-style minor labels
-        axis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())  # the Ks only
+    label_log_y(ax)  # theory and measurements span under a few decades: label 2× and 5×
 
 
 def _cosine_boxes(ax: Axes, rows: Sequence[dict[str, Any]], colors: dict[Hashable, str]) -> None:

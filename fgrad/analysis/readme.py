@@ -19,13 +19,17 @@ import json
 import sys
 from pathlib import Path
 
-from fgrad.analysis.metrics import Stat, group_runs, lr_stats, shared_f_ms
+from fgrad.analysis.control import format_steps
+from fgrad.analysis.control import rows as control_rows
+from fgrad.analysis.metrics import METHOD_LABELS, Stat, group_runs, lr_stats, shared_f_ms
 from fgrad.analysis.mnist import paper_values
 from fgrad.analysis.runs import load_mnist_runs
 from fgrad.analysis.tables import format_stat, markdown_table
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 ROOT = Path(__file__).resolve().parents[2]
+CONTROL_LINK = ("results/full/REPORT.md#control-forward-gradient-vs-backprop-plus-the-same-noise-"
+                "per-iteration-beyond-the-paper")
 # (preset folder, experiment) pairs of the headline table, in order.
 HEADLINE = (("full", "logreg"), ("full", "mlp"), ("full", "cnn"))
 TITLES = {"logreg": "logistic regression", "mlp": "MLP", "cnn": "CNN"}
@@ -94,6 +98,49 @@ def _reproduce_line(results: Path) -> str:
             "`results/cpu/REPORT.md`).")
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def experiment_times(results: Path, preset: str) -> dict[str, float]:
+    """Wall seconds per experiment of a preset, from the last ``reproduce`` invocation that ran
+    it (``results/<preset>/reproduce.json``), for experiments whose folder is there."""
+    path = results / preset / "reproduce.json"
+    invocations = json.loads(path.read_text())["invocations"] if path.is_file() else []
+    times: dict[str, float] = {}
+    for inv in invocations:
+        if not inv.get("figures_only"):
+            times.update(inv.get("experiment_wall_time_s") or {})
+    return {name: s for name, s in times.items() if (results / preset / name).is_dir()}
+
+
+def _times_line(results: Path) -> str:
+    """How long each cpu-preset experiment took, as last run by ``reproduce``."""
+    times = experiment_times(results, "cpu")
+    if not times:
+        return ""
+    parts = ", ".join(f"{name} {_duration(s)}" for name, s in times.items())
+    return (f"Each cpu-preset experiment as last run by `make reproduce` / `make beyond` "
+            f"(wall time, 2 cores): {parts}.")
+
+
+def _control_line(results: Path) -> str:
+    """The noise control of the full preset: steps to backprop's best loss per method."""
+    exp_dir = results / "full" / "mlp_control"
+    runs = load_mnist_runs(exp_dir)[0] if exp_dir.is_dir() else []
+    by = {r["method"]: r for r in control_rows(runs)} if runs else {}
+    if not {"forward", "backprop", "backprop_noise"} <= set(by) or not by["backprop"]["reach"]:
+        return ""
+    b = by["backprop"]["reach"].mean
+    parts = [f"{METHOD_LABELS[m]} at step {format_steps(by[m]['reach'])} "
+             f"({by[m]['reach'].mean / b:.3g} of backprop's)"
+             for m in ("forward", "backprop_noise") if by[m]["reach"] and by[m]["reach"].n]
+    rates = ", ".join(f"{lr:g}" for lr in sorted({r.learning_rate for r in runs}))
+    return (f"[Control]({CONTROL_LINK}) (MLP, η₀ = {rates}, {by['forward']['seeds']} seeds): "
+            f"backprop reaches its best loss at step {format_steps(by['backprop']['reach'])}; "
+            + ", ".join(parts) + ".")
+
+
 def block(results: Path) -> list[str]:
     """The generated README block, markers included."""
     header = ["claim (report section)", "preset, seeds",
@@ -108,7 +155,10 @@ def block(results: Path) -> list[str]:
             "do not edit -->", "", *table, "",
             "The paper's values beside ours are its GPU runs' (the iteration ratio it implies: its "
             "T_f/T_b ÷ its R_f/R_b); wall times and step costs are this CPU's. A missing row has "
-            "no complete runs yet.", "", _reproduce_line(results), END]
+            "no complete runs yet.", "",
+            *[line for text in (_control_line(results), _reproduce_line(results),
+                                _times_line(results)) if text for line in (text, "")][:-1],
+            END]
 
 
 def _split(text: str) -> tuple[str, str, str]:

@@ -136,6 +136,8 @@ def draw(data: tuple[list[MnistRun], list], name: str) -> Figure | None:
     fig, axes = _new_figure(1, 2)
     colors = curve_colors([(k, v[0].method) for k, v in curves.items()])
     loss_panels(axes[0, 0], axes[0, 1], curves, colors)
+    for ax in axes[0]:  # losses fall from the top left: the top right is free
+        ax.legend(fontsize=6.5, loc="upper right", framealpha=0.7)
     fig.suptitle(f"{name}: i.i.d. vs low-rank tangents against backprop (mean over seeds, thin: "
                  "each seed)", fontsize=11)
     return fig
