@@ -11,11 +11,8 @@
   :data:`SMOOTH_WINDOW` steps, first reaches its own minimum (its "best loss"); ``T_f``: the
   wall time at which forward gradient's smoothed loss first falls to that value, for the same
   seed (both methods of a seed start from the same parameters and see the same batches).
-* Uneven wall times: a run whose mean step time exceeds its median step time by more than
-  :data:`UNEVEN` (the machine was shared during part of it) has wall times that include those
-  slowdowns; T_f, T_b and T_f/T_b of its pair are then not timings. The medians (step times,
-  R_f, R_b) are unaffected, and ``T_f/T_b (medians)`` = steps_f/steps_b · R_f/R_b estimates
-  what a quiet machine would have measured.
+* Uneven wall times (:func:`wall_time_evenness` above :data:`UNEVEN`): T_f, T_b and
+  T_f/T_b include a shared machine's slowdowns; ``T_f/T_b (medians)`` is the estimate to read.
 
 Values are the mean ± standard deviation (population, ddof = 0) over seeds (:func:`aggregate`);
 runs that diverged or did not finish are left out of every mean.
@@ -113,7 +110,9 @@ def step_ms(run: MnistRun) -> float | None:
 def wall_time_evenness(run: MnistRun) -> float | None:
     """A run's mean step time (its training wall time / steps) over its median step time
     (:func:`step_ms`): about 1 on a quiet machine, above :data:`UNEVEN` where the machine was
-    shared during part of the run."""
+    shared during part of the run. Its pair's T_f, T_b and T_f/T_b then include those
+    slowdowns; the medians (step times, R_f, R_b) do not, and ``T_f/T_b (medians)`` =
+    steps_f/steps_b · R_f/R_b estimates what a quiet machine would have measured."""
     median = step_ms(run)
     if median is None or not run.time.size or not run.step.size:
         return None
@@ -153,10 +152,8 @@ def seed_metrics(forward: MnistRun | None, backprop: MnistRun | None,
     ``T_f``, ``T_b``, ``T_f/T_b`` (inf when forward gradient never reaches the target),
     ``step_f``, ``step_b`` (the steps at which each first reaches it), ``step_f/step_b``,
     ``T_f/T_b_bound`` (forward's whole training time over T_b: the bound when it never reaches
-    it), ``uneven`` (1 when either run's wall times are uneven, see :data:`UNEVEN`; then
-    ``T_f/T_b (medians)`` = step_f/step_b · R_f/R_b is the estimate to read),
-    ``cross_machine`` (1 when the two runs ran on different machines: then the ratios of
-    wall times are None);
+    it), ``uneven`` and ``T_f/T_b (medians)`` (:func:`wall_time_evenness`), ``cross_machine``
+    (1 when the two runs ran on different machines: then the ratios of wall times are None);
     ``loss_*``, ``acc_*``, ``mem_*`` (MiB, XLA's estimate for one compiled step), ``dev_*``
     (MiB, device allocator peak).
     """
@@ -181,7 +178,6 @@ def seed_metrics(forward: MnistRun | None, backprop: MnistRun | None,
         m["cross_machine"] = float(forward.machine != backprop.machine)
         evenness = [m.get("evenness_forward"), m.get("evenness_backprop")]
         m["uneven"] = float(any(e is not None and e > UNEVEN for e in evenness))
-        # what a quiet machine would have measured: iterations ratio × median step-time ratio
         m["T_f/T_b (medians)"] = (None if m["R_f/R_b"] is None or m["step_f/step_b"] is None
                                   else m["step_f/step_b"] * m["R_f/R_b"])
         if m["cross_machine"]:  # wall times of two machines: not compared

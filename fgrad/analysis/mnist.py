@@ -347,7 +347,7 @@ def _mnist_row(axes: Sequence[Axes], lr: float, seeds: dict[int, dict[str, Mnist
         band(axes[3], c["eval_time"].mean(axis=0), c["acc"], method, label)
     stats = lr_stats(seeds)  # T_f, T_b: the report's numbers (mean over seeds; inf: never)
     marks = mark_times(axes[1], {m: (s.mean if (s := stats.get(f"T_{m[0]}")) else None)
-                         for m in METHODS})
+                                 for m in METHODS})
     tag = f"η₀ = {lr:g}"
     machines = len({r.machine for runs in seeds.values() for r in runs.values()})
     timed = (f"({tag})\nruns on {machines} machines: times not comparable" if machines > 1
@@ -386,8 +386,11 @@ def plot_mnist(groups: dict[float, dict[int, dict[str, MnistRun]]], name: str
     n_seeds = max(len(seeds) for seeds in groups.values())
     lines = ("one seed" if n_seeds == 1 else
              f"bold: mean over {n_seeds} seeds, thin: each seed")
-    fig.suptitle(f"{name}: forward gradient vs backprop ({lines}; dotted: first time each "
-                 "reaches backprop's best smoothed loss)", fontsize=11)
+    reach = ("first time each reaches backprop's best smoothed loss" if n_seeds == 1 else
+             "first time each reaches backprop's best smoothed loss, mean over the seeds that "
+             "reach it")
+    fig.suptitle(f"{name}: forward gradient vs backprop ({lines}; dotted: {reach})",
+                 fontsize=11)
     return fig
 
 
