@@ -165,7 +165,16 @@ def plot_k_sweep(data: tuple[list[MnistRun], list[Excluded]], name: str) -> Figu
     curves = variant_curves(runs)
     colors = curve_colors([(k, r[0].method) for k, r in curves.items()])
     fig, axes = _new_figure(1, 4)
-    loss_panels(axes[0, 0], axes[0, 1], curves, colors)
+    # a backprop run at a rate no forward-gradient variant uses (its own best rate) would set the
+    # loss scale and flatten the others: it stays in the report's table, not in these panels
+    shared = {lr for (variant, lr), rs in curves.items() if rs[0].method != "backprop"}
+    apart = sorted(lr for (variant, lr), rs in curves.items()
+                   if rs[0].method == "backprop" and lr not in shared)
+    tag = (f" (backprop at η₀ = {', '.join(f'{lr:g}' for lr in apart)}: in the table)"
+           if apart else "")
+    loss_panels(axes[0, 0], axes[0, 1],
+                {k: rs for k, rs in curves.items() if not (rs[0].method == "backprop"
+                                                           and k[1] in apart)}, colors, tag)
     _excess_panel(axes[0, 2], curves, colors)
     _cosine_panel(axes[0, 3], curves, colors)
     fig.suptitle(f"{name}: K tangents per step, mean or projection (bold: mean over seeds, thin: "
