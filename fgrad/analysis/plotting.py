@@ -289,8 +289,10 @@ def loss_panels(ax_iter: Axes, ax_time: Axes, curves: Curves, colors: dict[Hasha
     for (variant, lr), runs in curves.items():
         c = mnist_curves(runs, window)
         label, color = f"{variant}, η₀ = {lr:g}", colors[(variant, lr)]
-        band(ax_iter, c["steps"], c["loss"], runs[0].method, label, color)
-        band(ax_time, c["loss_time"].mean(axis=0), c["loss"], runs[0].method, label, color)
+        dashed = "projection" in str(variant)  # nearly the mean's updates: keep both visible
+        band(ax_iter, c["steps"], c["loss"], runs[0].method, label, color, dashed=dashed)
+        band(ax_time, c["loss_time"].mean(axis=0), c["loss"], runs[0].method, label, color,
+             dashed=dashed)
     smooth = f"training loss (mean of {window} steps)"
     style_axes(ax_iter, "iteration", smooth, f"loss vs iterations{tag}", logy=True)
     style_axes(ax_time, "wall time (s)", smooth, f"loss vs time{tag}", logy=True)
