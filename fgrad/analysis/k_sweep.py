@@ -26,6 +26,7 @@ from fgrad.analysis.plotting import (
     _stack,
     band,
     curve_colors,
+    drawn_dashed,
     loss_panels,
     mnist_curves,
     style_axes,
@@ -110,12 +111,6 @@ def k_sweep_section(exp_dir: Path) -> list[str]:
 # ----------------------------------------------------------------------------- figure
 
 
-def _on_top(variant: str) -> bool:
-    """Projection variants are drawn dashed: at η₀·n/K their updates nearly equal the mean's
-    of the same K, so a solid line would hide the mean's."""
-    return "projection" in variant
-
-
 def _cosine_panel(ax: Axes, curves: Curves, colors: dict[Hashable, str]) -> None:
     """Logged cosine with the exact gradient vs step, for the curves that logged it."""
     for (variant, lr), runs in curves.items():
@@ -124,7 +119,7 @@ def _cosine_panel(ax: Axes, curves: Curves, colors: dict[Hashable, str]) -> None
             band(ax, _stack([r.diag_step for r in logged])[0],
                  _stack([r.cosine for r in logged]), runs[0].method,
                  f"{variant}, η₀ = {lr:g}", colors[(variant, lr)], marker="o",
-                 dashed=_on_top(variant))
+                 dashed=drawn_dashed(variant))
     style_axes(ax, "iteration", "cos(estimate, exact gradient)",
                "cosine with the exact gradient\n(colours as in the loss panels)", logy=True)
     _drop_legend(ax)
@@ -156,7 +151,7 @@ def _excess_panel(ax: Axes, curves: Curves, colors: dict[Hashable, str]) -> None
         n = min(mine["loss"].shape[1], base["loss"].shape[1])
         tag = "" if ref_lr == lr else f" (vs backprop at {ref_lr:g})"
         band(ax, mine["steps"][:n], mine["loss"][:, :n] - base["loss"][:, :n], runs[0].method,
-             f"{variant}, η₀ = {lr:g}{tag}", colors[(variant, lr)], dashed=_on_top(variant))
+             f"{variant}, η₀ = {lr:g}{tag}", colors[(variant, lr)], dashed=drawn_dashed(variant))
     ax.axhline(0.0, color="gray", lw=0.8, ls=":")
     style_axes(ax, "iteration", "training loss − backprop's (same seed)",
                "loss above backprop's\n(colours as in the loss panels)")

@@ -124,15 +124,17 @@ def _direction(measured: float, paper: float | None) -> str:
     return f"; paper: {paper:g}, {side}"
 
 
-def _cross_machine(stats: dict[str, Stat | None]) -> bool:
-    """Whether some seed's forward and backprop runs ran on different machines."""
-    cross = stats.get("cross_machine")
-    return cross is not None and cross.mean > 0
+def flagged(stats: dict[str, Stat | None], key: str) -> bool:
+    """Whether some seed's pair has a 0/1 flag of :func:`~fgrad.analysis.metrics.seed_metrics`
+    set: ``cross_machine`` (its runs ran on different machines) or ``uneven`` (its wall times
+    include a shared machine's slowdowns, :data:`~fgrad.analysis.metrics.UNEVEN`)."""
+    flag = stats.get(key)
+    return flag is not None and flag.mean > 0
 
 
 def _speed_sentence(stats: dict[str, Stat | None], paper: dict[str, float]) -> str:
     rf, rb, ratio = stats.get("R_f"), stats.get("R_b"), stats.get("R_f/R_b")
-    if rf is not None and rb is not None and ratio is None and _cross_machine(stats):
+    if rf is not None and rb is not None and ratio is None and flagged(stats, "cross_machine"):
         return (f"R_f = {rf.mean:.3g} and R_b = {rb.mean:.3g}, each against T(f) on its own "
                 "machine; the step costs of the two methods are not compared (different "
                 "machines; the benchmark compares them in one run).")
@@ -151,7 +153,8 @@ def _time_sentence(stats: dict[str, Stat | None], paper: dict[str, float], steps
                    window: int) -> str:
     tf, tb, ratio, target = (stats.get(k) for k in ("T_f", "T_b", "T_f/T_b", "target"))
     per_step = stats.get("step_f/step_b")
-    if ratio is None and target is not None and per_step is not None and _cross_machine(stats):
+    cross = flagged(stats, "cross_machine")
+    if ratio is None and target is not None and per_step is not None and cross:
         total = per_step.n + per_step.missed
         reach = (f"reached it after {per_step.mean:.3g}× backprop's iterations in "
                  f"{per_step.n} of {total} seed(s)" if per_step.n else
@@ -181,7 +184,7 @@ def _time_sentence(stats: dict[str, Stat | None], paper: dict[str, float], steps
                  f"{ratio.missed} of {total} seed(s)")
     elif ratio.n < 2:
         text += ": one seed, so not judged against the paper"
-    elif _uneven(stats):
+    elif flagged(stats, "uneven"):
         text += ": the wall times are uneven, so not judged against the paper"
     elif "T_f/T_b" in paper:
         agrees = (ratio.mean < 1) == (paper["T_f/T_b"] < 1)
@@ -190,16 +193,10 @@ def _time_sentence(stats: dict[str, Stat | None], paper: dict[str, float], steps
     return text + "." + _uneven_note(stats)
 
 
-def _uneven(stats: dict[str, Stat | None]) -> bool:
-    """Whether some seed's pair has uneven wall times (:data:`~fgrad.analysis.metrics.UNEVEN`)."""
-    uneven = stats.get("uneven")
-    return uneven is not None and uneven.mean > 0
-
-
 def _uneven_note(stats: dict[str, Stat | None]) -> str:
     """Says where wall times include slowdowns of a shared machine, with the estimate from the
     median step times ("" where the wall times are even)."""
-    if not _uneven(stats):
+    if not flagged(stats, "uneven"):
         return ""
     ef, eb = stats.get("evenness_forward"), stats.get("evenness_backprop")
     quiet = stats.get("T_f/T_b (medians)")
@@ -359,7 +356,7 @@ def _mnist_row(axes: Sequence[Axes], lr: float, seeds: dict[int, dict[str, Mnist
         ax.legend(fontsize=6.5, loc="upper right", framealpha=0.7)
     style_axes(axes[2], "iteration", "wall time (s)", f"time vs iterations {timed}")
     style_axes(axes[3], "wall time (s)", "test accuracy", f"test accuracy vs time {timed}")
-    if _uneven(stats):  # inside the panels, where losses and times leave room
+    if flagged(stats, "uneven"):  # inside the panels, where losses and times leave room
         for ax, (x, y, ha) in ((axes[1], (0.03, 0.04, "left")), (axes[2], (0.97, 0.04, "right")),
                                (axes[3], (0.97, 0.04, "right"))):
             ax.text(x, y, "uneven wall times\n(shared machine): see report", ha=ha,

@@ -282,6 +282,12 @@ def mnist_curves(runs: Sequence[MnistRun], window: int = SMOOTH_WINDOW
             "acc": _stack([r.test_acc for r in runs])}
 
 
+def drawn_dashed(variant: str) -> bool:
+    """Projection variants are drawn dashed: at η₀·n/K their updates nearly equal the mean's
+    of the same K, so a solid line would hide the mean's."""
+    return "projection" in variant
+
+
 def loss_panels(ax_iter: Axes, ax_time: Axes, curves: Curves, colors: dict[Hashable, str],
                 tag: str = "") -> None:
     """Smoothed training loss vs iterations and vs wall time, one band per (variant, η₀)."""
@@ -289,7 +295,7 @@ def loss_panels(ax_iter: Axes, ax_time: Axes, curves: Curves, colors: dict[Hasha
     for (variant, lr), runs in curves.items():
         c = mnist_curves(runs, window)
         label, color = f"{variant}, η₀ = {lr:g}", colors[(variant, lr)]
-        dashed = "projection" in str(variant)  # nearly the mean's updates: keep both visible
+        dashed = drawn_dashed(variant)
         band(ax_iter, c["steps"], c["loss"], runs[0].method, label, color, dashed=dashed)
         band(ax_time, c["loss_time"].mean(axis=0), c["loss"], runs[0].method, label, color,
              dashed=dashed)

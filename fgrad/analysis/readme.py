@@ -22,7 +22,7 @@ from pathlib import Path
 from fgrad.analysis.control import format_steps
 from fgrad.analysis.control import rows as control_rows
 from fgrad.analysis.metrics import METHOD_LABELS, Stat, group_runs, lr_stats, shared_f_ms
-from fgrad.analysis.mnist import paper_values
+from fgrad.analysis.mnist import flagged, paper_values
 from fgrad.analysis.runs import load_mnist_runs
 from fgrad.analysis.tables import format_stat, markdown_table
 
@@ -46,10 +46,10 @@ def _wall_cell(stats: dict[str, Stat | None], paper: float | None) -> str:
     """T_f/T_b; where the wall times are uneven (a shared machine), the estimate from the
     median step times beside it, so the measured value is never read alone."""
     cell = _cell(stats.get("T_f/T_b"), paper)
-    uneven, quiet = stats.get("uneven"), stats.get("T_f/T_b (medians)")
-    if uneven is None or uneven.mean == 0:
+    if not flagged(stats, "uneven"):
         return cell
-    return f"{cell}; uneven wall times, from median steps {format_stat(quiet)}"
+    quiet = format_stat(stats.get("T_f/T_b (medians)"))
+    return f"{cell}; uneven wall times, from median steps {quiet}"
 
 
 def _pair(stats: dict[str, Stat | None], key: str) -> str:
@@ -84,11 +84,17 @@ def headline_rows(results: Path) -> list[list[str]]:
     return rows
 
 
+def _runs_of(results: Path, preset: str) -> list[dict]:
+    """The invocations of ``results/<preset>/reproduce.json`` that ran experiments (not
+    figures-only), oldest first; none when the file is missing."""
+    path = results / preset / "reproduce.json"
+    invocations = json.loads(path.read_text())["invocations"] if path.is_file() else []
+    return [i for i in invocations if not i.get("figures_only")]
+
+
 def _reproduce_line(results: Path) -> str:
     """How long the last ``make reproduce`` from an empty folder took (cpu preset)."""
-    path = results / "cpu" / "reproduce.json"
-    invocations = json.loads(path.read_text())["invocations"] if path.is_file() else []
-    runs = [i for i in invocations if not i.get("figures_only") and i.get("experiments")]
+    runs = [i for i in _runs_of(results, "cpu") if i.get("experiments")]
     if not runs:
         return "`make reproduce` (cpu preset): no recorded run in `results/cpu/reproduce.json`."
     last = runs[-1]
@@ -105,12 +111,9 @@ def _duration(seconds: float) -> str:
 def experiment_times(results: Path, preset: str) -> dict[str, float]:
     """Wall seconds per experiment of a preset, from the last ``reproduce`` invocation that ran
     it (``results/<preset>/reproduce.json``), for experiments whose folder is there."""
-    path = results / preset / "reproduce.json"
-    invocations = json.loads(path.read_text())["invocations"] if path.is_file() else []
     times: dict[str, float] = {}
-    for inv in invocations:
-        if not inv.get("figures_only"):
-            times.update(inv.get("experiment_wall_time_s") or {})
+    for inv in _runs_of(results, preset):
+        times.update(inv.get("experiment_wall_time_s") or {})
     return {name: s for name, s in times.items() if (results / preset / name).is_dir()}
 
 
